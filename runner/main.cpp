@@ -1,6 +1,148 @@
-#include <cstdio>
+// The kiln command line: gitlab-runner's command and flag names, parsed here and nowhere else.
 
-int main() {
-    std::puts("kiln " KILN_VERSION);
-    return 0;
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+
+#include "runner/commands/commands.hpp"
+#include "runner/version.hpp"
+
+namespace {
+
+using namespace kiln::commands;
+
+void add_global_options(CLI::App* cmd, global_options& g) {
+    cmd->add_option("-c,--config", g.config, "Config file (default: $CONFIG_FILE, "
+                                             "/etc/kiln/config.toml as root, ~/.kiln/config.toml)");
+    cmd->add_option("--log-level,-l", g.log_level, "debug, info, warn, error")
+        ->envname("LOG_LEVEL");
+    cmd->add_option("--log-format", g.log_format, "runner, text or json")->envname("LOG_FORMAT");
+}
+
+void add_selector(CLI::App* cmd, runner_selector& s, bool with_all) {
+    cmd->add_option("-n,--name", s.name, "Runner name");
+    cmd->add_option("-u,--url", s.url, "GitLab URL (with --token)");
+    cmd->add_option("-t,--token", s.token, "Runner authentication token (with --url)");
+    if (with_all) {
+        cmd->add_flag("--all-runners", s.all_runners, "Apply to every configured runner");
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"kiln: a GitLab runner for Linux build hosts that build Go services"};
+    app.set_version_flag("--version,-v", std::string("kiln ") + kiln::version_string());
+    app.require_subcommand(1);
+    app.failure_message(CLI::FailureMessage::help);
+
+    global_options g;
+    int rc = 0;
+
+    register_options reg;
+    auto* c_register = app.add_subcommand("register", "Register a runner with GitLab and add it to the config");
+    add_global_options(c_register, g);
+    c_register->add_flag("-n,--non-interactive", reg.non_interactive, "Do not prompt; fail when a value is missing")
+        ->envname("REGISTER_NON_INTERACTIVE");
+    c_register->add_option("-u,--url", reg.url, "GitLab instance URL")->envname("CI_SERVER_URL");
+    c_register->add_option("-t,--token", reg.token, "Runner authentication token (glrt-...)")
+        ->envname("CI_SERVER_TOKEN");
+    c_register->add_option("-r,--registration-token", reg.registration_token,
+                           "Registration token (deprecated by GitLab)")
+        ->envname("REGISTRATION_TOKEN");
+    c_register->add_option("--name,--description", reg.name, "Runner name")->envname("RUNNER_NAME");
+    c_register->add_option("--executor", reg.executor, "shell or docker")->envname("RUNNER_EXECUTOR");
+    c_register->add_option("--shell", reg.shell, "bash or sh")->envname("RUNNER_SHELL");
+    c_register->add_option("--docker-image", reg.docker_image, "Default Docker image")
+        ->envname("DOCKER_IMAGE");
+    c_register->add_option("--docker-memory", reg.docker_memory, "Memory limit, e.g. 2g")
+        ->envname("DOCKER_MEMORY");
+    c_register->add_option("--tag-list", reg.tag_list, "Comma-separated tags (registration tokens only)")
+        ->envname("RUNNER_TAG_LIST");
+    bool run_untagged_value = false;
+    bool locked_value = false;
+    auto* run_untagged = c_register->add_flag("--run-untagged", run_untagged_value, "Run untagged jobs (registration tokens only)")
+        ->envname("REGISTER_RUN_UNTAGGED");
+    auto* locked = c_register->add_flag("--locked", locked_value, "Lock to the project (registration tokens only)")
+        ->envname("REGISTER_LOCKED");
+    c_register->add_option("--access-level", reg.access_level, "not_protected or ref_protected")
+        ->envname("REGISTER_ACCESS_LEVEL");
+    c_register->add_option("--maximum-timeout", reg.maximum_timeout, "Maximum job timeout in seconds")
+        ->envname("REGISTER_MAXIMUM_TIMEOUT");
+    c_register->add_flag("--paused", reg.paused, "Register the runner paused")->envname("REGISTER_PAUSED");
+    c_register->add_option("--maintenance-note", reg.maintenance_note, "Maintenance note")
+        ->envname("REGISTER_MAINTENANCE_NOTE");
+    c_register->add_option("--limit", reg.limit, "Maximum concurrent jobs of this runner")
+        ->envname("RUNNER_LIMIT");
+    c_register->add_option("--request-concurrency", reg.request_concurrency,
+                           "Maximum concurrent job requests")
+        ->envname("RUNNER_REQUEST_CONCURRENCY");
+    c_register->add_option("--output-limit", reg.output_limit, "Maximum job log size in KiB")
+        ->envname("RUNNER_OUTPUT_LIMIT");
+    c_register->add_option("--builds-dir", reg.builds_dir, "Directory for builds")
+        ->envname("RUNNER_BUILDS_DIR");
+    c_register->add_option("--cache-dir", reg.cache_dir, "Directory for caches")
+        ->envname("RUNNER_CACHE_DIR");
+    c_register->add_option("--tls-ca-file", reg.tls_ca_file, "CA certificates for GitLab (PEM)")
+        ->envname("CI_SERVER_TLS_CA_FILE");
+    c_register->add_option("--tls-cert-file", reg.tls_cert_file, "Client certificate (PEM)")
+        ->envname("CI_SERVER_TLS_CERT_FILE");
+    c_register->add_option("--tls-key-file", reg.tls_key_file, "Client key (PEM)")
+        ->envname("CI_SERVER_TLS_KEY_FILE");
+    c_register->add_option("--env", reg.env, "KEY=value added to every job (repeatable)");
+    c_register->add_flag("--leave-runner", reg.leave_runner,
+                         "Keep the runner in GitLab if saving the config fails");
+    c_register->callback([&] {
+        if (run_untagged->count() > 0) {
+            reg.run_untagged = run_untagged_value;
+        }
+        if (locked->count() > 0) {
+            reg.locked = locked_value;
+        }
+        rc = run_register(g, reg);
+    });
+
+    runner_selector verify_sel;
+    bool verify_delete = false;
+    auto* c_verify = app.add_subcommand("verify", "Check the runners' tokens with GitLab");
+    add_global_options(c_verify, g);
+    add_selector(c_verify, verify_sel, false);
+    c_verify->add_flag("--delete", verify_delete, "Remove runners GitLab no longer knows from the config");
+    c_verify->callback([&] { rc = run_verify(g, verify_sel, verify_delete); });
+
+    runner_selector unreg_sel;
+    auto* c_unregister = app.add_subcommand("unregister", "Remove runners from GitLab and the config");
+    add_global_options(c_unregister, g);
+    add_selector(c_unregister, unreg_sel, true);
+    c_unregister->callback([&] { rc = run_unregister(g, unreg_sel); });
+
+    auto* c_list = app.add_subcommand("list", "List the configured runners");
+    add_global_options(c_list, g);
+    c_list->callback([&] { rc = run_list(g); });
+
+    reset_token_options reset;
+    auto* c_reset = app.add_subcommand("reset-token", "Rotate runner authentication tokens");
+    add_global_options(c_reset, g);
+    add_selector(c_reset, reset.select, true);
+    c_reset->add_option("--id", reset.id, "Runner id (with --url and --pat)");
+    c_reset->add_option("--pat", reset.pat, "Personal access token (with --url and --id)");
+    c_reset->callback([&] { rc = run_reset_token(g, reset); });
+
+    auto* c_lint = app.add_subcommand("lint", "Check a config file; non-zero exit on errors");
+    add_global_options(c_lint, g);
+    c_lint->callback([&] { rc = run_lint(g); });
+
+    run_options run;
+    auto* c_run = app.add_subcommand("run", "Run the daemon: ask GitLab for jobs and run them");
+    add_global_options(c_run, g);
+    c_run->add_option("-d,--working-directory", run.working_directory, "Directory to run in");
+    c_run->add_option("--max-jobs", run.max_jobs, "Exit after this many jobs (0: until signalled)");
+    c_run->callback([&] { rc = run_daemon(g, run); });
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    return rc;
 }

@@ -1,0 +1,74 @@
+#pragma once
+// The `kiln` subcommands. main.cpp parses the command line (CLI11) into these option structs;
+// each command returns the process exit code and reports failures as one line on stderr.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kiln::commands {
+
+struct global_options {
+    std::string config;  // --config/-c; empty: $CONFIG_FILE or the default path
+    std::string log_level;
+    std::string log_format;
+};
+
+struct register_options {
+    bool non_interactive = false;
+    std::string url;
+    std::string token;               // glrt- authentication token
+    std::string registration_token;  // legacy registration token
+    std::string name;
+    std::string executor;
+    std::string shell;
+    std::string docker_image;
+    std::string docker_memory;
+    std::string tag_list;
+    std::optional<bool> run_untagged;
+    std::optional<bool> locked;
+    std::string access_level;
+    std::int64_t maximum_timeout = 0;
+    bool paused = false;
+    std::string maintenance_note;
+    std::int64_t limit = 0;
+    std::int64_t request_concurrency = 0;
+    std::int64_t output_limit = 0;
+    std::string builds_dir;
+    std::string cache_dir;
+    std::string tls_ca_file;
+    std::string tls_cert_file;
+    std::string tls_key_file;
+    std::vector<std::string> env;
+    bool leave_runner = false;
+};
+
+/// Which runners a command applies to: --name, or --url with --token, or --all-runners.
+struct runner_selector {
+    std::string name;
+    std::string url;
+    std::string token;
+    bool all_runners = false;
+};
+
+struct reset_token_options {
+    runner_selector select;
+    std::int64_t id = 0;
+    std::string pat;
+};
+
+int run_register(const global_options& g, register_options o);
+int run_verify(const global_options& g, const runner_selector& s, bool delete_removed);
+int run_unregister(const global_options& g, const runner_selector& s);
+int run_list(const global_options& g);
+int run_reset_token(const global_options& g, const reset_token_options& o);
+int run_lint(const global_options& g);
+
+struct run_options {
+    std::string working_directory;
+    std::int64_t max_jobs = 0;  // stop after this many jobs (0: run until signalled)
+};
+int run_daemon(const global_options& g, const run_options& o);
+
+}  // namespace kiln::commands
