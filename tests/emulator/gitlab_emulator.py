@@ -114,7 +114,7 @@ def default_config(long_poll: float) -> dict:
         "trace_update_interval": 3,              # X-GitLab-Trace-Update-Interval on PATCH
         "final_update_mode": "count",            # "count" | "bytesize"
         "final_update_202_count": 1,             # number of 202s before the final 200
-        "final_update_accept_timeout": 300,      # GitLab applies the pending state anyway after 5 min
+        "final_update_accept_timeout": 300,      # then GitLab applies the pending state anyway
         "final_update_412_count": 0,             # first N final PUTs get 412 (trace reset)
         "trace_limit_bytes": 100 * 1000 * 1000,  # ci_jobs_trace_size_limit
         "trace_patch_max_bytes": MIB,            # runner DefaultTracePatchLimit
@@ -164,6 +164,12 @@ def parse_time(value: Any) -> dt.datetime | None:
 
 def crc32_str(data: bytes) -> str:
     return "crc32:%08x" % (zlib.crc32(data) & 0xFFFFFFFF)
+
+
+def fmt_seconds(value: Any) -> str:
+    """Header seconds: integers stay integers ("3", not "3.0"); runners parse them as ints."""
+    f = float(value)
+    return str(int(f)) if f.is_integer() else str(f)
 
 
 def ruby_to_i(text: str) -> int:
@@ -293,7 +299,7 @@ class Runner:
     id: int
     token: str
     kind: str                                   # "glrt" (created in UI) | "legacy" (registered)
-    runner_type: str = "instance"               # instance | group | project (token prefix t1_…t3_)
+    runner_type: str = "instance"               # instance | group | project (t1_ | t2_ | t3_)
     description: str = ""
     maintenance_note: str = ""
     tags: list = field(default_factory=list)
@@ -697,7 +703,8 @@ class GitLab:
         with self.lock:
             f = {"id": self.next_fault_id, "path": spec.get("path") or ".*", "regex": regex,
                  "method": (spec.get("method") or "").upper() or None, "action": action,
-                 "status": int(spec.get("status", 503)), "remaining": -1 if count is None or count < 0 else int(count),
+                 "status": int(spec.get("status", 503)),
+                 "remaining": -1 if count is None or count < 0 else int(count),
                  "retry_after": spec.get("retry_after"), "delay": float(spec.get("delay") or 0),
                  "headers": dict(spec.get("headers") or {}), "body": spec.get("body"), "hits": 0}
             self.next_fault_id += 1
@@ -729,7 +736,8 @@ class RunnerAPI:
         if "active" in p and "paused" in p:
             return json_reply(400, {"error": "active, paused are mutually exclusive"})
         if "maintainer_note" in p and "maintenance_note" in p:
-            return json_reply(400, {"error": "maintainer_note, maintenance_note are mutually exclusive"})
+            return json_reply(400, {"error": "maintainer_note, maintenance_note are mutually "
+                                             "exclusive"})
         access_level = p.get("access_level") or "not_protected"
         if access_level not in ("not_protected", "ref_protected"):
             return json_reply(400, {"error": "access_level does not have a valid value"})
@@ -778,7 +786,8 @@ class RunnerAPI:
             lifetime = gl.config["runner_token_expiration_interval"]
             runner = Runner(
                 id=gl.next_runner_id, token=gl._new_runner_token("legacy", reg["type"]),
-                kind="legacy", runner_type=reg["type"], description=desc, maintenance_note=note, tags=tags,
+                kind="legacy", runner_type=reg["type"], description=desc,
+                maintenance_note=note, tags=tags,
                 run_untagged=run_untagged, locked=to_bool(p.get("locked", True)),
                 access_level=access_level, maximum_timeout=max_to, paused=paused,
                 token_lifetime=lifetime, registration_token=token, created_via="registration",
@@ -985,7 +994,7 @@ class RunnerAPI:
                       "job_status": None, "trace_size": len(job.trace)}
             job.puts.append(record)
             if "output" not in p:
-                gl.violation("PUT without 'output' (the runner always sends it)", job, req)
+                job.notes.append("PUT without 'output' (the official runner always sends it)")
             if checksum is not None and not re.fullmatch(r"crc32:[0-9a-f]{8}", str(checksum)):
                 gl.violation(f"malformed checksum {checksum!r} (want crc32:%08x)", job, req)
             if p.get("exit_code") == 0:
@@ -1158,7 +1167,7 @@ class RunnerAPI:
             job.debug_trace = True
         return Reply(202, b"", [("Job-Status", job.state), ("Range", f"0-{len(job.trace)}"),
                                 ("X-GitLab-Trace-Update-Interval",
-                                 str(gl.config["trace_update_interval"]))])
+                                 fmt_seconds(gl.config["trace_update_interval"]))])
 
     # -- §7.1 artifact upload -------------------------------------------------------------------
 
@@ -1786,6 +1795,17 @@ def set_variable(payload: dict, key: str, value: str, append: bool = False) -> N
         variables.append({"key": key, "value": value, "public": True, "masked": False})
 
 
+def gitlab_refspecs(pipeline_id: int, ref: str, ref_type: str, depth: int) -> list:
+    """BuildRunnerPresenter#refspecs (§4.2)."""
+    specs = [f"+refs/pipelines/{pipeline_id}:refs/pipelines/{pipeline_id}"]
+    if depth > 0:
+        specs.append(f"+refs/tags/{ref}:refs/tags/{ref}" if ref_type == "tag"
+                     else f"+refs/heads/{ref}:refs/remotes/origin/{ref}")
+    else:
+        specs += ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]
+    return specs
+
+
 def rewrite_payload(payload: dict, spec: dict, job_id: int, token: str, pipeline_id: int,
                     base_url: str) -> tuple[dict, str]:
     """Give a fixture payload a fresh identity that points back at this emulator."""
@@ -1817,15 +1837,15 @@ def rewrite_payload(payload: dict, spec: dict, job_id: int, token: str, pipeline
         gi["refspecs"] = [re.sub(r"refs/pipelines/\d+", f"refs/pipelines/{pipeline_id}", str(r))
                           for r in refspecs]
     if spec.get("ref"):
-        old_ref = gi.get("ref")
-        gi["ref"] = spec["ref"]
-        if isinstance(gi.get("refspecs"), list) and old_ref:
-            gi["refspecs"] = [r.replace(f"/{old_ref}:", f"/{spec['ref']}:")
-                              .replace(f"/{old_ref}", f"/{spec['ref']}") for r in gi["refspecs"]]
-        for key in ("CI_COMMIT_REF_NAME", "CI_COMMIT_BRANCH"):
-            set_variable(p, key, spec["ref"])
+        ref = str(spec["ref"])
+        gi["ref"] = ref
+        gi["refspecs"] = gitlab_refspecs(pipeline_id, ref, gi.get("ref_type") or "branch",
+                                         int(gi.get("depth") or 0))
+        set_variable(p, "CI_COMMIT_REF_NAME", ref)
+        set_variable(p, "CI_COMMIT_BRANCH" if gi.get("ref_type") != "tag" else "CI_COMMIT_TAG",
+                     ref)
         set_variable(p, "CI_COMMIT_REF_SLUG",
-                     re.sub(r"[^a-z0-9]+", "-", spec["ref"].lower()).strip("-")[:63])
+                     re.sub(r"[^a-z0-9]+", "-", ref.lower()).strip("-")[:63])
     if spec.get("sha"):
         gi["sha"] = spec["sha"]
     if spec.get("timeout") is not None:
@@ -1877,7 +1897,8 @@ def rewrite_payload(payload: dict, spec: dict, job_id: int, token: str, pipeline
     return p, repo
 
 
-def prepare_repo_for_pipeline(repo_path: str, payload: dict, spec: dict, pipeline_id: int) -> None:
+def prepare_repo_for_pipeline(repo_path: str, payload: dict, spec: dict,
+                              pipeline_id: int) -> None:
     """Resolve the job's sha from the repository and create refs/pipelines/<id>, as GitLab
     does when it creates a pipeline (the runner fetches that refspec)."""
     gi = payload.get("git_info") or {}
@@ -2097,8 +2118,9 @@ class Handler(BaseHTTPRequestHandler):
         fault = gl.take_fault(req)
         reply: Reply | None = None
         if fault is not None:
-            entry["fault"] = fault["action"] if fault["id"] != "rate_limit_all" \
-                else "rate_limit_all"
+            with gl.lock:
+                entry["fault"] = fault["action"] if fault["id"] != "rate_limit_all" \
+                    else "rate_limit_all"
             reply = self._apply_fault(fault, req)
         if reply is None:
             try:
@@ -2142,7 +2164,7 @@ class Handler(BaseHTTPRequestHandler):
         headers = [(k, str(v)) for k, v in (fault.get("headers") or {}).items()]
         if fault.get("retry_after") is not None:
             ra = fault["retry_after"]
-            headers.append(("Retry-After", str(int(ra)) if float(ra).is_integer() else str(ra)))
+            headers.append(("Retry-After", fmt_seconds(ra)))
         body = fault.get("body")
         if body is None:
             body = RATE_LIMIT_BODY if status == 429 else {"message": status_text(status)}

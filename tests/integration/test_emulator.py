@@ -351,6 +351,33 @@ class JobRequestTest(EmulatorTestCase):
         job2 = self.gl.enqueue_job(fixture="job_go_module", dependencies=[])
         self.assertEqual(self.poll(runner["token"]).json()["id"], job2["id"])
 
+    def test_two_phase_commit(self):
+        self.gl.configure(two_phase_commit=True, two_phase_ack_timeout=1)
+        runner = self.gl.create_runner()
+        job = self.gl.enqueue_job()
+        p = self.poll(runner["token"]).json()
+        self.assertEqual(self.gl.job(job["id"])["state"], "pending")
+        res = self.patch_trace(p)
+        self.assertEqual((res.status, res.header("Job-Status")), (403, "pending"))
+        res = self.put_state(p, "pending")
+        self.assertEqual((res.status, res.header("Job-Status")), (200, "pending"))
+        res = self.put_state(p, "running")
+        self.assertEqual((res.status, res.header("Job-Status")), (200, "running"))
+        # An unacknowledged pick goes back to the queue after the ack timeout.
+        job2 = self.gl.enqueue_job()
+        self.assertEqual(self.poll(runner["token"]).json()["id"], job2["id"])
+        self.gl.wait_for(lambda: not self.gl.job(job2["id"])["awaiting_ack"], timeout=5)
+        self.assertEqual(self.poll(runner["token"]).json()["id"], job2["id"])
+
+    def patch_trace(self, p: dict):
+        return self.gl.api("PATCH", f"/jobs/{p['id']}/trace", b"x",
+                           {"JOB-TOKEN": p["token"], "Content-Range": "0-0",
+                            "Content-Type": "text/plain"})
+
+    def put_state(self, p: dict, state: str):
+        return self.gl.api("PUT", f"/jobs/{p['id']}",
+                           {"token": p["token"], "state": state, "output": {}})
+
     def test_chunked_request_body(self):
         runner = self.gl.create_runner()
         conn = self.connection()
@@ -453,6 +480,12 @@ class TraceAndUpdateTest(EmulatorTestCase):
         self.assertFalse(job["checksum_ok"])
         self.assertTrue(job["bytesize_ok"])
         self.assertTrue(any("checksum mismatch" in v for v in job["protocol_violations"]))
+
+    def test_final_update_applied_after_accept_timeout(self):
+        self.gl.configure(final_update_202_count=100, final_update_accept_timeout=0)
+        _, p = self.start_job()
+        res = self.put(p, "success", output={"checksum": crc(b""), "bytesize": 0})
+        self.assertEqual((res.status, res.header("Job-Status")), (200, "success"))
 
     def test_put_without_checksum_and_errors(self):
         _, p = self.start_job()
@@ -624,6 +657,12 @@ class GitTest(EmulatorTestCase):
         self.assertEqual(git("rev-parse", "HEAD", cwd=dest), sha)
         refs = git("ls-remote", p["git_info"]["repo_url"], env=env)
         self.assertIn(f"{sha}\trefs/pipelines/", refs)
+        # What a runner does: init + fetch the payload's refspecs at the given depth.
+        fetched = os.path.join(tmp, "fetched")
+        git("init", "-q", fetched)
+        git("fetch", "-q", "--depth", str(p["git_info"]["depth"]), p["git_info"]["repo_url"],
+            *p["git_info"]["refspecs"], cwd=fetched, env=env)
+        self.assertEqual(git("rev-parse", "refs/remotes/origin/main", cwd=fetched), sha)
         anonymous = self.gl.url + "/acme/widgets.git"
         with self.assertRaises(RuntimeError):
             git("ls-remote", anonymous, env=env)
