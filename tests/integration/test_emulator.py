@@ -286,13 +286,16 @@ class JobRequestTest(EmulatorTestCase):
             result["done"] = time.monotonic()
         t = threading.Thread(target=held)
         t.start()
-        time.sleep(0.8)
+        # In flight = logged without a status yet.
+        self.gl.wait_for(lambda: [e for e in self.gl.requests(path="jobs/request")
+                                  if e["status"] is None], timeout=5, message="held request")
+        time.sleep(0.3)
         self.assertTrue(t.is_alive(), "request with a current last_update must be held")
         enqueued = time.monotonic()
         job = self.gl.enqueue_job()
         t.join(5)
         self.assertFalse(t.is_alive())
-        self.assertLess(result["done"] - enqueued, 0.5)
+        self.assertLess(result["done"] - enqueued, 1.5)   # long poll is 5 s
         self.assertEqual(result["res"].status, 204)
         self.assertIsNone(result["res"].header("X-GitLab-Last-Update"))
         self.assertEqual(result["res"].header("Gitlab-Ci-Builds-Polling"), "yes")
