@@ -12,6 +12,17 @@
 
 namespace kiln::config {
 
+/// [[runners.docker.services]]: services started for every job of the runner.
+struct docker_service {
+    std::string name;   // image
+    std::string alias;  // space- or comma-separated aliases
+    std::vector<std::string> entrypoint;
+    std::vector<std::string> command;
+    std::vector<std::string> environment;  // "KEY=value"
+
+    friend bool operator==(const docker_service&, const docker_service&) = default;
+};
+
 /// [runners.docker]
 struct docker_settings {
     std::string host;  // empty: $DOCKER_HOST or unix:///var/run/docker.sock
@@ -67,6 +78,7 @@ struct docker_settings {
     std::string hostname;
     std::string runtime;
     std::int64_t wait_for_services_timeout = 30;  // seconds; -1 disables the check
+    std::vector<docker_service> services;
     std::int64_t services_limit = -1;
     std::string helper_image;
     std::string helper_image_flavor;
@@ -75,6 +87,8 @@ struct docker_settings {
     // kiln's own Go build-host settings (issue 4); not gitlab-runner keys.
     std::optional<double> gomemlimit_ratio;  // default 0.9
     std::optional<bool> go_cache;            // persistent GOCACHE/GOMODCACHE, default on
+
+    friend bool operator==(const docker_settings&, const docker_settings&) = default;
 };
 
 /// [runners.cache.s3]
@@ -88,6 +102,8 @@ struct cache_s3_settings {
     bool insecure = false;
     std::string authentication_type;
     bool path_style = false;
+
+    friend bool operator==(const cache_s3_settings&, const cache_s3_settings&) = default;
 };
 
 /// [runners.cache]
@@ -97,11 +113,18 @@ struct cache_settings {
     bool shared = false;
     std::int64_t max_uploaded_archive_size = 0;
     std::optional<cache_s3_settings> s3;
+
+    friend bool operator==(const cache_settings&, const cache_settings&) = default;
 };
 
 /// [runners.custom_build_dir]
 struct custom_build_dir_settings {
     std::optional<bool> enabled;  // default: true for docker, false for shell
+
+    friend bool operator==(
+        const custom_build_dir_settings&,
+        const custom_build_dir_settings&
+    ) = default;
 };
 
 /// One [[runners]] entry.
@@ -138,9 +161,13 @@ struct runner_entry {
     std::optional<docker_settings> docker;
     std::optional<cache_settings> cache;
     custom_build_dir_settings custom_build_dir;
+
+    friend bool operator==(const runner_entry&, const runner_entry&) = default;
 };
 
-/// The whole file.
+/// The whole file. Values are the effective ones: where gitlab-runner reads 0 or a negative
+/// number as "use the default" (check_interval, shutdown_timeout, output_limit,
+/// request_concurrency, …) the loader stores the default.
 struct settings {
     std::int64_t concurrent = 1;
     std::chrono::seconds check_interval{3};
@@ -148,9 +175,12 @@ struct settings {
     std::string log_format = "runner";  // runner | text | json
     std::string listen_address;
     std::chrono::seconds shutdown_timeout{30};
-    std::chrono::seconds connection_max_age{15 * 60};
+    std::chrono::seconds connection_max_age{15 * 60};  // 0: keep connections forever
+    std::string sentry_dsn;
     std::string user;
     std::vector<runner_entry> runners;
+
+    friend bool operator==(const settings&, const settings&) = default;
 };
 
 }  // namespace kiln::config
