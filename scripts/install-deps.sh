@@ -7,7 +7,7 @@ packages=(
   # toolchain
   g++ cmake ninja-build pkg-config
   # libraries (see docs/architecture.md, "Dependencies")
-  libboost1.81-dev libboost-url1.81-dev libssl-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libboost1.81-dev libboost-url1.81-dev libssl-dev libdeflate-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev catch2
   # tests: the GitLab emulator (Python stdlib), git http-backend, test CA generation
   python3 git openssl ca-certificates procps

@@ -155,9 +155,13 @@ int run_unregister(const global_options& g, const runner_selector& sel) {
                 auto api = make_client(ex, r.url, tls_of(r));
                 // Runners created in GitLab (glrt-) only lose this host's manager; legacy
                 // runners are deleted.
-                auto res = gitlab::is_created_runner_token(r.token)
-                               ? co_await api->unregister_manager(r.token, system_id.id)
-                               : co_await api->unregister_runner(r.token);
+                // (if/else, not ?: — GCC 12 miscompiles co_await in a conditional expression)
+                gitlab::api_result<gitlab::unregister_result> res;
+                if (gitlab::is_created_runner_token(r.token)) {
+                    res = co_await api->unregister_manager(r.token, system_id.id);
+                } else {
+                    res = co_await api->unregister_runner(r.token);
+                }
                 if (!res.reached()) {
                     failed.push_back(r.name + ": " + explain(res.transport));
                     continue;
@@ -239,8 +243,12 @@ int run_reset_token(const global_options& g, const reset_token_options& o) {
             auto ex = co_await boost::asio::this_coro::executor;
             for (const auto& r : runners) {
                 auto api = make_client(ex, r.url, tls_of(r));
-                auto res = with_pat ? co_await api->reset_token_with_pat(r.id, o.pat)
-                                    : co_await api->reset_token(r.token);
+                gitlab::api_result<gitlab::reset_token_result> res;
+                if (with_pat) {
+                    res = co_await api->reset_token_with_pat(r.id, o.pat);
+                } else {
+                    res = co_await api->reset_token(r.token);
+                }
                 if (!res.reached()) {
                     failed.push_back(r.name + ": " + explain(res.transport));
                 } else if (res.value.status != gitlab::reset_token_status::reset) {

@@ -162,6 +162,12 @@ client::~client() = default;
 
 void client::set_info(runner_info info) { impl_->info = std::move(info); }
 
+void client::close_idle() {
+    for (auto& [k, c] : impl_->clients) {
+        c->close_idle();
+    }
+}
+
 const status_counters& client::statuses() const { return impl_->counters; }
 
 std::size_t client::connections_opened() const {

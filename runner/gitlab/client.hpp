@@ -95,6 +95,9 @@ public:
     boost::asio::awaitable<api_result<download_result>> download_artifacts(
         std::int64_t job_id, std::string job_token, std::filesystem::path destination);
 
+    /// Closes idle kept-alive connections (shutdown, or before a long idle period).
+    void close_idle();
+
     const status_counters& statuses() const;
     std::size_t connections_opened() const;
 

@@ -439,11 +439,16 @@ asio::awaitable<http_outcome> http_client::send(http_request req) {
             }
             conn = std::move(std::get<0>(c));
         }
-        exchange_result r =
-            conn->secure ? co_await exchange(*conn->secure, *conn, req, head, deadline,
-                                             s.options.max_response_body, s.peer)
-                         : co_await exchange(*conn->plain, *conn, req, head, deadline,
-                                             s.options.max_response_body, s.peer);
+        // Not a conditional expression: GCC 12 miscompiles co_await inside ?: (the result
+        // temporary is destroyed twice).
+        exchange_result r;
+        if (conn->secure) {
+            r = co_await exchange(*conn->secure, *conn, req, head, deadline,
+                                  s.options.max_response_body, s.peer);
+        } else {
+            r = co_await exchange(*conn->plain, *conn, req, head, deadline,
+                                  s.options.max_response_body, s.peer);
+        }
         if (!r.outcome.response && r.stale && reused && attempt == 0 &&
             clock::now() < deadline) {
             continue;

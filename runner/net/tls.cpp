@@ -4,7 +4,11 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <unistd.h>
+
 #include <boost/asio/ssl/context.hpp>
+#include <cerrno>
+#include <cstring>
 #include <stdexcept>
 
 namespace kiln::net {
@@ -20,6 +24,18 @@ std::string last_openssl_error() {
     }
     return out;
 }
+
+namespace {
+
+// OpenSSL reports a missing file as "system lib"; say it the way an operator reads it.
+void require_readable(const std::string& path, const char* key) {
+    if (::access(path.c_str(), R_OK) != 0) {
+        throw std::runtime_error(std::string("cannot read ") + key + " " + path + ": " +
+                                 std::strerror(errno));
+    }
+}
+
+}  // namespace
 
 std::shared_ptr<boost::asio::ssl::context> make_client_tls_context(const tls_settings& s) {
     namespace ssl = boost::asio::ssl;
@@ -43,6 +59,7 @@ std::shared_ptr<boost::asio::ssl::context> make_client_tls_context(const tls_set
     ::ERR_clear_error();
 
     if (!s.ca_file.empty()) {
+        require_readable(s.ca_file, "tls-ca-file");
         if (::SSL_CTX_load_verify_file(native, s.ca_file.c_str()) != 1) {
             throw std::runtime_error("cannot use tls-ca-file " + s.ca_file + ": " +
                                      last_openssl_error());
@@ -54,6 +71,8 @@ std::shared_ptr<boost::asio::ssl::context> make_client_tls_context(const tls_set
                 "tls-cert-file and tls-key-file must be given together for a client certificate"
             );
         }
+        require_readable(s.cert_file, "tls-cert-file");
+        require_readable(s.key_file, "tls-key-file");
         if (::SSL_CTX_use_certificate_chain_file(native, s.cert_file.c_str()) != 1) {
             throw std::runtime_error("cannot use tls-cert-file " + s.cert_file + ": " +
                                      last_openssl_error());

@@ -1,0 +1,160 @@
+#include "executors/shell/process.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
+#include <system_error>
+
+namespace kiln::executors {
+namespace {
+
+namespace asio = boost::asio;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+struct fd_closer {
+    int fd = -1;
+    ~fd_closer() {
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    }
+};
+
+}  // namespace
+
+struct child_process::impl {
+    pid_t pid = -1;
+    bool reaped = false;
+    asio::posix::stream_descriptor output;
+    asio::posix::stream_descriptor exit_fd;
+
+    explicit impl(asio::any_io_executor ex) : output(ex), exit_fd(ex) {}
+};
+
+child_process::child_process(asio::any_io_executor ex, const process_spec& spec)
+    : impl_(std::make_unique<impl>(ex)) {
+    int pipe_fds[2];
+    if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+        throw std::system_error(errno, std::generic_category(), "cannot create a pipe");
+    }
+    fd_closer read_end{pipe_fds[0]};
+    fd_closer write_end{pipe_fds[1]};
+
+    posix_spawn_file_actions_t actions;
+    ::posix_spawn_file_actions_init(&actions);
+    ::posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    ::posix_spawn_file_actions_adddup2(&actions, write_end.fd, 1);
+    ::posix_spawn_file_actions_adddup2(&actions, write_end.fd, 2);
+    if (!spec.cwd.empty()) {
+        ::posix_spawn_file_actions_addchdir_np(&actions, spec.cwd.c_str());
+    }
+    posix_spawnattr_t attr;
+    ::posix_spawnattr_init(&attr);
+    // Own process group, so cancel and timeout reach everything the script started; default
+    // signal dispositions and an empty mask, whatever the daemon had.
+    sigset_t none;
+    sigset_t all;
+    ::sigemptyset(&none);
+    ::sigfillset(&all);
+    ::posix_spawnattr_setpgroup(&attr, 0);
+    ::posix_spawnattr_setsigmask(&attr, &none);
+    ::posix_spawnattr_setsigdefault(&attr, &all);
+    ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                          POSIX_SPAWN_SETSIGDEF);
+
+    std::vector<char*> argv;
+    for (const auto& a : spec.argv) {
+        argv.push_back(const_cast<char*>(a.c_str()));
+    }
+    argv.push_back(nullptr);
+    std::vector<char*> envp;
+    for (const auto& e : spec.env) {
+        envp.push_back(const_cast<char*>(e.c_str()));
+    }
+    envp.push_back(nullptr);
+
+    pid_t pid = -1;
+    int rc = ::posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), envp.data());
+    ::posix_spawn_file_actions_destroy(&actions);
+    ::posix_spawnattr_destroy(&attr);
+    if (rc != 0) {
+        throw std::system_error(rc, std::generic_category(), "cannot start " + spec.argv.at(0));
+    }
+    impl_->pid = pid;
+    // glibc 2.36 declares pidfd_open without C linkage in C++, so call the system call directly.
+    int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (pidfd < 0) {
+        int err = errno;
+        ::kill(-pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        impl_->reaped = true;
+        throw std::system_error(err, std::generic_category(), "pidfd_open");
+    }
+    impl_->exit_fd.assign(pidfd);
+    impl_->output.assign(read_end.fd);
+    read_end.fd = -1;
+}
+
+child_process::~child_process() {
+    if (impl_ && impl_->pid > 0 && !impl_->reaped) {
+        ::kill(-impl_->pid, SIGKILL);
+        ::waitpid(impl_->pid, nullptr, 0);
+    }
+}
+
+pid_t child_process::pid() const { return impl_->pid; }
+
+void child_process::signal_group(int sig) {
+    if (impl_->pid > 0) {
+        // The group outlives its leader while children run, so signal it even after reaping.
+        ::kill(-impl_->pid, sig);
+    }
+}
+
+asio::awaitable<exit_status> child_process::run(std::function<void(std::string_view)> sink) {
+    using namespace asio::experimental::awaitable_operators;
+    auto& s = *impl_;
+    exit_status status;
+
+    auto read_all = [&]() -> asio::awaitable<void> {
+        std::array<char, 16384> buf;
+        for (;;) {
+            auto [ec, n] = co_await s.output.async_read_some(asio::buffer(buf), use_tuple);
+            if (n > 0) {
+                sink(std::string_view(buf.data(), n));
+            }
+            if (ec) {
+                co_return;  // EOF: every writer is gone
+            }
+        }
+    };
+    auto wait_exit = [&]() -> asio::awaitable<void> {
+        co_await s.exit_fd.async_wait(asio::posix::descriptor_base::wait_read, use_tuple);
+        int ws = 0;
+        if (::waitpid(s.pid, &ws, 0) == s.pid) {
+            s.reaped = true;
+            if (WIFEXITED(ws)) {
+                status.exit_code = WEXITSTATUS(ws);
+            } else if (WIFSIGNALED(ws)) {
+                status.signal = WTERMSIG(ws);
+                status.exit_code = 128 + status.signal;
+            }
+        }
+        // Background processes the script left would keep the pipe open for ever.
+        ::kill(-s.pid, SIGKILL);
+    };
+    co_await (read_all() && wait_exit());
+    co_return status;
+}
+
+}  // namespace kiln::executors

@@ -1,0 +1,356 @@
+#include "runner/daemon.hpp"
+
+#include <signal.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <map>
+#include <random>
+#include <set>
+
+#include "runner/gitlab/retry_policy.hpp"
+#include "runner/gitlab/runner_info.hpp"
+#include "runner/gitlab/tokens.hpp"
+#include "runner/job.hpp"
+#include "runner/system_id_state.hpp"
+#include "runner/util/logging.hpp"
+
+namespace kiln {
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+// What this build really implements; GitLab refuses jobs needing anything else
+// (runner_unsupported) rather than have kiln half-run them.
+gitlab::feature_flags shell_features() {
+    gitlab::feature_flags f;
+    f.variables = true;
+    f.shared = true;
+    f.refspecs = true;
+    f.masking = true;
+    f.raw_variables = true;  // variables are exported verbatim, never expanded
+    f.multi_build_steps = true;
+    f.trace_checksum = true;
+    f.trace_size = true;
+    f.cancelable = true;
+    f.return_exit_code = true;
+    f.cancel_gracefully = true;
+    return f;
+}
+
+struct runner_slot {
+    config::runner_entry entry;
+    std::unique_ptr<gitlab::client> api;
+    std::string last_update;
+    std::int64_t running = 0;
+    std::set<int> concurrent_ids;
+    std::string short_token;
+};
+
+class daemon {
+public:
+    explicit daemon(daemon_options o)
+        : options_(std::move(o)), changed_(io_), stop_signal_(io_), shutdown_timer_(io_),
+          signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
+        changed_.expires_at(asio::steady_timer::time_point::max());
+        stop_signal_.expires_at(asio::steady_timer::time_point::max());
+    }
+
+    int run() {
+        const auto& s = options_.settings;
+        system_id_ = load_system_id(options_.config_path);
+        try {
+            persist_system_id(options_.config_path, system_id_);
+        } catch (const std::exception& e) {
+            log::warn(std::string("cannot save the system ID: ") + e.what());
+        }
+        for (const auto& r : s.runners) {
+            if (r.executor != "shell") {
+                log::warn("skipping runner: kiln runs only the shell executor so far",
+                          {{"runner", gitlab::short_token(r.token)}, {"executor", r.executor}});
+                continue;
+            }
+            auto slot = std::make_unique<runner_slot>();
+            slot->entry = r;
+            slot->short_token = gitlab::short_token(r.token);
+            gitlab::client_config cfg;
+            cfg.url = r.url;
+            cfg.tls = {r.tls_ca_file, r.tls_cert_file, r.tls_key_file};
+            cfg.connection_max_age = s.connection_max_age;
+            try {
+                slot->api = std::make_unique<gitlab::client>(io_.get_executor(), cfg);
+            } catch (const std::exception& e) {
+                log::error(std::string("skipping runner: ") + e.what(),
+                           {{"runner", slot->short_token}});
+                continue;
+            }
+            gitlab::runner_info info;
+            info.executor = "shell";
+            info.shell = r.shell.empty() ? "bash" : r.shell;
+            info.features = shell_features();
+            slot->api->set_info(info);
+            runners_.push_back(std::move(slot));
+        }
+        if (runners_.empty()) {
+            log::error("no runner to run: register one with `kiln register`",
+                       {{"config", options_.config_path.string()}});
+            return 1;
+        }
+        log::info("Starting kiln", {{"runners", static_cast<long>(runners_.size())},
+                                     {"concurrent", static_cast<long long>(s.concurrent)},
+                                     {"config", options_.config_path.string()}});
+        asio::co_spawn(io_, handle_signals(), asio::detached);
+        for (auto& r : runners_) {
+            ++pollers_;
+            asio::co_spawn(io_, poll(*r), [this, &r](std::exception_ptr e) {
+                if (e) {
+                    try {
+                        std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                        log::error(std::string("polling stopped: ") + ex.what(),
+                                   {{"runner", r->short_token}});
+                    }
+                }
+                --pollers_;
+                notify();
+            });
+        }
+        asio::co_spawn(io_, wait_until_done(), asio::detached);
+        io_.run();
+        log::info("kiln stopped", {{"jobs", static_cast<long long>(finished_jobs_)}});
+        return 0;
+    }
+
+private:
+    void notify() { changed_.cancel(); }
+
+    // changed_ never expires; notify() cancels the waits pending at that moment, which is a
+    // broadcast to every waiter (a condition variable on one thread).
+    asio::awaitable<void> wait_changed() { co_await changed_.async_wait(use_tuple); }
+
+    void begin_stop(const char* why) {
+        if (stopping_) {
+            return;
+        }
+        log::info(why);
+        stopping_ = true;
+        stop_signal_.cancel();
+        notify();
+    }
+
+    asio::awaitable<void> wait_until_done() {
+        while (!(stopping_ && pollers_ == 0 && running_total_ == 0)) {
+            co_await wait_changed();
+        }
+        signals_.cancel();
+        shutdown_timer_.cancel();
+        for (auto& r : runners_) {
+            r->api->close_idle();
+        }
+    }
+
+    asio::awaitable<void> handle_signals() {
+        for (;;) {
+            auto [ec, sig] = co_await signals_.async_wait(use_tuple);
+            if (ec) {
+                co_return;
+            }
+            if (sig == SIGQUIT) {
+                begin_stop("SIGQUIT: not asking for new jobs; waiting for running jobs to finish");
+                continue;
+            }
+            if (!terminating_) {
+                terminating_ = true;
+                begin_stop("stopping: canceling running jobs");
+                for (auto& [id, control] : jobs_) {
+                    control->cancel(true);
+                }
+                shutdown_timer_.expires_after(options_.settings.shutdown_timeout);
+                shutdown_timer_.async_wait([this](boost::system::error_code e) {
+                    if (!e) {
+                        log::warn("shutdown_timeout passed: aborting running jobs");
+                        abort_all();
+                    }
+                });
+            } else {
+                log::warn("second signal: aborting running jobs now");
+                abort_all();
+            }
+        }
+    }
+
+    void abort_all() {
+        for (auto& [id, control] : jobs_) {
+            control->cancel(false);
+        }
+    }
+
+    bool has_capacity(const runner_slot& r) const {
+        if (running_total_ >= options_.settings.concurrent) {
+            return false;
+        }
+        return r.entry.limit <= 0 || r.running < r.entry.limit;
+    }
+
+    asio::awaitable<void> poll(runner_slot& r) {
+        using namespace asio::experimental::awaitable_operators;
+        std::mt19937_64 rng{std::random_device{}()};
+        int errors = 0;
+        while (!stopping_) {
+            if (!has_capacity(r)) {
+                co_await wait_changed();
+                continue;
+            }
+            const auto started = std::chrono::steady_clock::now();
+            auto raced = co_await (r.api->request_job(r.entry.token, system_id_.id, r.last_update) ||
+                                   stop_signal_.async_wait(use_tuple));
+            if (raced.index() == 1 || stopping_) {
+                break;
+            }
+            auto res = std::get<0>(std::move(raced));
+            std::chrono::milliseconds wait{0};
+            if (!res.reached()) {
+                wait = gitlab::full_jitter_backoff(errors++, 1s, 60s,
+                                                   std::uniform_real_distribution<>(0, 1)(rng));
+                log::warn("checking for jobs failed: " + res.transport.message,
+                          {{"runner", r.short_token},
+                           {"retry_in_ms", static_cast<long long>(wait.count())}});
+            } else {
+                auto& v = res.value;
+                if (v.last_update) {
+                    r.last_update = *v.last_update;
+                }
+                switch (v.status) {
+                    case gitlab::request_job_status::job_received:
+                        errors = 0;
+                        start_job(r, std::move(*v.job));
+                        continue;  // ask again at once
+                    case gitlab::request_job_status::no_job: {
+                        errors = 0;
+                        // A held (long-polled) request already waited; otherwise pace by
+                        // check_interval.
+                        auto elapsed = std::chrono::steady_clock::now() - started;
+                        auto interval = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            options_.settings.check_interval);
+                        if (elapsed < interval) {
+                            wait = std::chrono::duration_cast<std::chrono::milliseconds>(interval - elapsed);
+                        }
+                        break;
+                    }
+                    case gitlab::request_job_status::invalid_job:
+                        errors = 0;
+                        log::error("GitLab sent a job kiln cannot use: " +
+                                       (v.payload_problem ? v.payload_problem->message : v.message),
+                                   {{"runner", r.short_token}});
+                        if (v.payload_problem && v.payload_problem->job_id > 0) {
+                            co_await fail_unusable_job(r, *v.payload_problem);
+                        }
+                        continue;
+                    case gitlab::request_job_status::forbidden:
+                        wait = gitlab::full_jitter_backoff(errors++, 5s, 5min,
+                                                           std::uniform_real_distribution<>(0, 1)(rng));
+                        log::error("GitLab rejected the runner token (403): check the runner in "
+                                   "GitLab or run `kiln verify`",
+                                   {{"runner", r.short_token}});
+                        break;
+                    case gitlab::request_job_status::failed:
+                        wait = gitlab::full_jitter_backoff(errors++, 1s, 60s,
+                                                           std::uniform_real_distribution<>(0, 1)(rng));
+                        log::warn("checking for jobs failed: HTTP " + std::to_string(v.http_status) +
+                                      " " + v.message,
+                                  {{"runner", r.short_token}});
+                        break;
+                }
+            }
+            if (wait.count() > 0) {
+                asio::steady_timer t(io_, wait);
+                co_await (t.async_wait(use_tuple) || stop_signal_.async_wait(use_tuple));
+            }
+        }
+    }
+
+    asio::awaitable<void> fail_unusable_job(runner_slot& r, const gitlab::payload_error& p) {
+        gitlab::job_update u;
+        u.token = p.job_token;
+        u.state = gitlab::job_state::failed;
+        u.failure_reason = "runner_system_failure";
+        u.exit_code = 3;
+        co_await r.api->update_job(p.job_id, u);
+    }
+
+    void start_job(runner_slot& r, gitlab::job_spec job) {
+        int cid = 0;
+        while (r.concurrent_ids.count(cid) != 0) {
+            ++cid;
+        }
+        r.concurrent_ids.insert(cid);
+        ++r.running;
+        ++running_total_;
+        const auto id = job.id;
+        log::info("Checking for jobs... received",
+                  {{"job", id}, {"runner", r.short_token}, {"repo_url", job.git.repo_url.substr(job.git.repo_url.find('@') + 1)}});
+        auto control = std::make_shared<job_control>();
+        jobs_[id] = control;
+        job_context ctx{r.entry, *r.api, system_id_.id, cid};
+        asio::co_spawn(io_, run_job(ctx, std::move(job), control),
+                       [this, &r, id, cid](std::exception_ptr e, job_outcome) {
+                           if (e) {
+                               try {
+                                   std::rethrow_exception(e);
+                               } catch (const std::exception& ex) {
+                                   log::error(std::string("job failed inside kiln: ") + ex.what(),
+                                              {{"job", id}, {"runner", r.short_token}});
+                               }
+                           }
+                           jobs_.erase(id);
+                           r.concurrent_ids.erase(cid);
+                           --r.running;
+                           --running_total_;
+                           ++finished_jobs_;
+                           if (options_.max_jobs > 0 && finished_jobs_ >= options_.max_jobs) {
+                               begin_stop("finished the requested number of jobs");
+                           }
+                           notify();
+                       });
+        if (options_.max_jobs > 0 && finished_jobs_ + running_total_ >= options_.max_jobs) {
+            // Take no more jobs than asked for.
+            stopping_ = true;
+            stop_signal_.cancel();
+            notify();
+        }
+    }
+
+    daemon_options options_;
+    asio::io_context io_;
+    asio::steady_timer changed_;
+    asio::steady_timer stop_signal_;
+    asio::steady_timer shutdown_timer_;
+    asio::signal_set signals_;
+    system_id_state system_id_;
+    std::vector<std::unique_ptr<runner_slot>> runners_;
+    std::map<std::int64_t, std::shared_ptr<job_control>> jobs_;
+    std::int64_t running_total_ = 0;
+    std::int64_t finished_jobs_ = 0;
+    int pollers_ = 0;
+    bool stopping_ = false;
+    bool terminating_ = false;
+};
+
+}  // namespace
+
+int run_daemon(daemon_options options) {
+    // A job's output pipe closing must not kill the daemon.
+    ::signal(SIGPIPE, SIG_IGN);
+    daemon d(std::move(options));
+    return d.run();
+}
+
+}  // namespace kiln

@@ -1,0 +1,607 @@
+#include "runner/job.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <chrono>
+#include <ctime>
+#include <fstream>
+#include <map>
+
+#include "executors/shell/process.hpp"
+#include "executors/shell/script_builder.hpp"
+#include "runner/gitlab/tokens.hpp"
+#include "runner/trace/trace_buffer.hpp"
+#include "runner/trace/trace_streamer.hpp"
+#include "runner/util/logging.hpp"
+#include "runner/version.hpp"
+
+extern char** environ;
+
+namespace kiln {
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+// GitLab's log colours.
+constexpr std::string_view ansi_reset = "\x1b[0;m";
+constexpr std::string_view ansi_bold_green = "\x1b[32;1m";
+constexpr std::string_view ansi_bold_red = "\x1b[31;1m";
+constexpr std::string_view ansi_bold_cyan = "\x1b[36;1m";
+constexpr std::string_view ansi_bold_yellow = "\x1b[33;1m";
+constexpr std::string_view erase_line = "\x1b[0K";
+
+std::string go_duration(std::int64_t seconds) {
+    // gitlab-runner prints Go durations: 1h0m0s, 5m0s, 30s.
+    std::int64_t h = seconds / 3600;
+    std::int64_t m = (seconds % 3600) / 60;
+    std::int64_t s = seconds % 60;
+    if (h > 0) {
+        return std::to_string(h) + "h" + std::to_string(m) + "m" + std::to_string(s) + "s";
+    }
+    if (m > 0) {
+        return std::to_string(m) + "m" + std::to_string(s) + "s";
+    }
+    return std::to_string(s) + "s";
+}
+
+std::string host_name() {
+    char buf[256] = {};
+    return ::gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string("localhost");
+}
+
+enum class stop_reason { none, graceful_cancel, abort, timeout };
+
+struct stage_result {
+    executors::exit_status status;
+    std::string system_error;  // the stage could not run at all
+};
+
+class job_run {
+public:
+    job_run(asio::any_io_executor ex, job_context ctx, gitlab::job_spec job,
+            std::shared_ptr<job_control> control)
+        : ex_(ex), ctx_(ctx), job_(std::move(job)), control_(std::move(control)),
+          buffer_(trace_limit(ctx.runner), secrets(job_)),
+          streamer_(ex, ctx.api, job_.id, job_.token, buffer_), deadline_timer_(ex),
+          kill_timer_(ex) {}
+
+    asio::awaitable<job_outcome> run();
+
+private:
+    static std::size_t trace_limit(const config::runner_entry& r) {
+        return r.output_limit > 0 ? static_cast<std::size_t>(r.output_limit) * 1024
+                                  : trace::default_limit;
+    }
+    static std::vector<std::string> secrets(const gitlab::job_spec& job) {
+        std::vector<std::string> s{job.token};
+        for (const auto& v : job.variables) {
+            if (v.masked) {
+                s.push_back(v.value);
+            }
+        }
+        return s;
+    }
+
+    void out(std::string_view text) { buffer_.write(text); }
+    void line(std::string_view color, std::string_view text) {
+        std::string s(erase_line);
+        s += color;
+        s += text;
+        s += ansi_reset;
+        s += "\n";
+        out(s);
+    }
+    void section_start(const std::string& name, std::string_view description) {
+        if (job_.features.trace_sections) {
+            out("section_start:" + std::to_string(std::time(nullptr)) + ":" + name + "\r" +
+                std::string(erase_line));
+        }
+        line(ansi_bold_cyan, description);
+    }
+    void section_end(const std::string& name) {
+        if (job_.features.trace_sections) {
+            out("section_end:" + std::to_string(std::time(nullptr)) + ":" + name + "\r" +
+                std::string(erase_line));
+        }
+    }
+
+    std::string variable(std::string_view key) const {
+        const auto* v = gitlab::find_variable(job_.variables, key);
+        return v != nullptr ? v->value : std::string();
+    }
+
+    void prepare_environment();
+    asio::awaitable<stage_result> run_stage(const std::string& name, const std::string& script);
+    std::string git_script() const;
+    void stop_current(stop_reason why);
+    void on_remote_cancel(trace::remote_cancel c);
+    asio::awaitable<void> stages();
+    asio::awaitable<void> watch_deadline();
+    asio::awaitable<bool> send_final_state();
+
+    asio::any_io_executor ex_;
+    job_context ctx_;
+    gitlab::job_spec job_;
+    std::shared_ptr<job_control> control_;
+    trace::trace_buffer buffer_;
+    trace::trace_streamer streamer_;
+    asio::steady_timer deadline_timer_;
+    asio::steady_timer kill_timer_;
+
+    std::filesystem::path builds_dir_;
+    std::filesystem::path project_dir_;
+    std::filesystem::path tmp_dir_;
+    std::vector<std::pair<std::string, std::string>> env_;  // job environment, in order
+    executors::child_process* current_ = nullptr;
+    bool in_user_script_ = false;
+    stop_reason stop_ = stop_reason::none;
+    job_outcome outcome_;
+    bool finished_ = false;
+};
+
+void job_run::prepare_environment() {
+    const auto& r = ctx_.runner;
+    const auto short_token = gitlab::short_token(r.token);
+    builds_dir_ = r.builds_dir.empty() ? std::filesystem::current_path() / "builds"
+                                       : std::filesystem::path(r.builds_dir);
+    std::string project_path = job_.info.project_full_path;
+    if (project_path.empty()) {
+        project_path = variable("CI_PROJECT_PATH");
+    }
+    if (project_path.empty()) {
+        project_path = "project-" + std::to_string(job_.info.project_id);
+    }
+    // A path from the payload must stay inside builds_dir.
+    std::filesystem::path rel;
+    for (const auto& part : std::filesystem::path(project_path)) {
+        if (part == ".." || part == "." || part.empty() || part.string() == "/") {
+            continue;
+        }
+        rel /= part;
+    }
+    project_dir_ = builds_dir_ / short_token / std::to_string(ctx_.concurrent_id) / rel;
+    tmp_dir_ = project_dir_;
+    tmp_dir_ += ".tmp";
+
+    std::map<std::string, std::size_t> index;
+    auto set = [&](const std::string& k, const std::string& v) {
+        if (auto it = index.find(k); it != index.end()) {
+            env_[it->second].second = v;
+        } else {
+            index[k] = env_.size();
+            env_.emplace_back(k, v);
+        }
+    };
+    for (const auto& e : r.environment) {
+        auto eq = e.find('=');
+        if (eq != std::string::npos && eq > 0) {
+            set(e.substr(0, eq), e.substr(eq + 1));
+        }
+    }
+    set("CI_BUILDS_DIR", builds_dir_.string());
+    set("CI_PROJECT_DIR", project_dir_.string());
+    set("CI_SERVER", "yes");
+    set("CI_SHARED_ENVIRONMENT", "true");
+    set("CI_JOB_STATUS", "running");
+    set("CI_JOB_TIMEOUT", std::to_string(job_.runner.timeout));
+    set("CI_RUNNER_SHORT_TOKEN", short_token);
+    set("CI_RUNNER_VERSION", version_string());
+    set("CI_RUNNER_REVISION", revision_string());
+    set("CI_RUNNER_EXECUTABLE_ARCH", std::string(gitlab::build_platform()) + "/" +
+                                         std::string(gitlab::build_architecture()));
+    set("CI_CONCURRENT_ID", std::to_string(ctx_.concurrent_id));
+    set("CI_CONCURRENT_PROJECT_ID", std::to_string(ctx_.concurrent_id));
+    set("RUNNER_TEMP_PROJECT_DIR", tmp_dir_.string());
+    for (const auto& v : job_.variables) {
+        if (v.key.empty()) {
+            continue;
+        }
+        if (v.file) {
+            // File variables: the value goes to a file, the variable holds its path.
+            set(v.key, (tmp_dir_ / v.key).string());
+        } else {
+            set(v.key, v.value);
+        }
+    }
+}
+
+asio::awaitable<stage_result> job_run::run_stage(const std::string& name,
+                                                  const std::string& script) {
+    stage_result result;
+    std::error_code ec;
+    std::filesystem::create_directories(tmp_dir_, ec);
+    std::filesystem::permissions(tmp_dir_, std::filesystem::perms::owner_all, ec);
+    auto script_path = tmp_dir_ / (name + ".sh");
+    {
+        std::ofstream f(script_path, std::ios::trunc);
+        f << script;
+        if (!f) {
+            result.system_error = "cannot write " + script_path.string();
+            co_return result;
+        }
+    }
+    std::filesystem::permissions(script_path, std::filesystem::perms::owner_read |
+                                                  std::filesystem::perms::owner_write,
+                                 ec);
+
+    executors::process_spec spec;
+    const std::string shell = ctx_.runner.shell == "sh" ? "sh" : "bash";
+    spec.argv = {shell, script_path.string()};
+    for (char** e = environ; *e != nullptr; ++e) {
+        spec.env.emplace_back(*e);
+    }
+    for (const auto& [k, v] : env_) {
+        spec.env.push_back(k + "=" + v);
+    }
+    spec.cwd = std::filesystem::exists(project_dir_) ? project_dir_ : builds_dir_;
+    try {
+        executors::child_process child(ex_, spec);
+        current_ = &child;
+        result.status = co_await child.run([this](std::string_view s) { out(s); });
+        current_ = nullptr;
+        kill_timer_.cancel();
+    } catch (const std::exception& e) {
+        current_ = nullptr;
+        result.system_error = e.what();
+    }
+    std::filesystem::remove(script_path, ec);
+    co_return result;
+}
+
+void job_run::stop_current(stop_reason why) {
+    if (stop_ == stop_reason::none || why == stop_reason::abort) {
+        stop_ = why;
+    }
+    if (current_ == nullptr) {
+        return;
+    }
+    if (why == stop_reason::abort) {
+        current_->signal_group(SIGKILL);
+        return;
+    }
+    // A graceful cancel or timeout stops only the user's script, with time to clean up.
+    if (why == stop_reason::graceful_cancel && !in_user_script_) {
+        return;
+    }
+    current_->signal_group(SIGTERM);
+    kill_timer_.expires_after(5s);
+    kill_timer_.async_wait([this](boost::system::error_code ec) {
+        if (!ec && current_ != nullptr) {
+            current_->signal_group(SIGKILL);
+        }
+    });
+}
+
+void job_run::on_remote_cancel(trace::remote_cancel c) {
+    if (c == trace::remote_cancel::abort) {
+        log::warn("job aborted by GitLab", {{"job", job_.id}});
+        stop_current(stop_reason::abort);
+    } else if (c == trace::remote_cancel::graceful) {
+        log::info("job canceled by GitLab; running after_script", {{"job", job_.id}});
+        stop_current(stop_reason::graceful_cancel);
+    }
+}
+
+std::string job_run::git_script() const {
+    using executors::shell_quote;
+    std::string strategy = variable("GIT_STRATEGY");
+    if (strategy.empty()) {
+        strategy = job_.allow_git_fetch ? "fetch" : "clone";
+    }
+    std::string s = "set -e\n";
+    const auto dir = shell_quote(project_dir_.string());
+    if (strategy == "none") {
+        return s + "mkdir -p " + dir + "\necho 'Skipping Git repository setup'\n";
+    }
+    if (strategy == "empty") {
+        return s + "rm -rf " + dir + "\nmkdir -p " + dir +
+               "\necho 'Skipping Git repository setup and creating an empty build directory'\n";
+    }
+    const auto url = shell_quote(job_.git.repo_url);
+    std::string git = "git";
+    if (!ctx_.runner.tls_ca_file.empty()) {
+        // The CA that verifies GitLab also verifies its git endpoint.
+        s += "export GIT_SSL_CAINFO=" + shell_quote(ctx_.runner.tls_ca_file) + "\n";
+    }
+    if (strategy == "clone") {
+        s += "rm -rf " + dir + "\n";
+    }
+    s += "if [ -d " + dir + "/.git ]; then\n";
+    s += "  echo 'Fetching changes...'\n  cd " + dir + "\n  git remote set-url origin " + url +
+         "\n";
+    s += "else\n";
+    s += "  echo 'Initialized empty Git repository'\n  mkdir -p " + dir + "\n  cd " + dir +
+         "\n  git init -q\n  git remote add origin " + url + "\n";
+    s += "fi\n";
+    std::string depth;
+    if (job_.git.depth > 0) {
+        depth = " --depth " + std::to_string(job_.git.depth);
+        s += "echo 'Fetching changes with git depth set to " + std::to_string(job_.git.depth) +
+             "...'\n";
+    }
+    std::string refspecs;
+    for (const auto& r : job_.git.refspecs) {
+        refspecs += " " + shell_quote(r);
+    }
+    if (refspecs.empty()) {
+        refspecs = " " + shell_quote(job_.git.sha);
+    }
+    std::string fetch_flags = variable("GIT_FETCH_EXTRA_FLAGS");
+    if (fetch_flags.empty()) {
+        fetch_flags = "--prune --quiet";
+    }
+    s += git + " fetch " + fetch_flags + depth + " origin" + refspecs + "\n";
+    const auto sha = job_.git.sha;
+    if (variable("GIT_CHECKOUT") != "false") {
+        s += "echo " + shell_quote("Checking out " + sha.substr(0, 8) + " as detached HEAD (ref is " +
+                                   job_.git.ref + ")...") +
+             "\n";
+        s += "git -c advice.detachedHead=false checkout -f -q " + shell_quote(sha) + "\n";
+        std::string clean = variable("GIT_CLEAN_FLAGS");
+        if (clean.empty()) {
+            clean = "-ffdx";
+        }
+        if (clean != "none") {
+            s += "git clean " + clean + "\n";
+        }
+    }
+    return s;
+}
+
+asio::awaitable<void> job_run::watch_deadline() {
+    auto timeout = job_.runner.timeout > 0 ? job_.runner.timeout : gitlab::default_job_timeout_seconds;
+    deadline_timer_.expires_after(std::chrono::seconds(timeout));
+    auto [ec] = co_await deadline_timer_.async_wait(use_tuple);
+    if (!ec && !finished_) {
+        log::warn("job timed out", {{"job", job_.id}});
+        stop_current(stop_reason::timeout);
+    }
+}
+
+asio::awaitable<void> job_run::stages() {
+    const auto& r = ctx_.runner;
+    const std::string executor_name = "shell";
+    line("", std::string("Running with kiln ") + version_string() + " (" + revision_string() + ")");
+    line("", "  on " + r.name + " " + gitlab::short_token(r.token) + ", system ID: " +
+                 ctx_.system_id);
+
+    section_start("prepare_executor", "Preparing the \"" + executor_name + "\" executor");
+    out(std::string("Using Shell (") + (r.shell == "sh" ? "sh" : "bash") + ") executor...\n");
+    section_end("prepare_executor");
+
+    prepare_environment();
+    section_start("prepare_script", "Preparing environment");
+    out("Running on " + host_name() + "...\n");
+    section_end("prepare_script");
+
+    int exit_code = 0;
+    std::string failure;  // failure_reason when the job failed
+    std::string failure_message;
+
+    if (stop_ == stop_reason::none) {
+        section_start("get_sources", "Getting source from Git repository");
+        std::string script;
+        if (!r.pre_get_sources_script.empty()) {
+            script += r.pre_get_sources_script + "\n";
+        }
+        script += git_script();
+        auto g = co_await run_stage("get_sources", script);
+        section_end("get_sources");
+        if (!g.system_error.empty()) {
+            failure = "runner_system_failure";
+            failure_message = "could not fetch the sources: " + g.system_error;
+        } else if (g.status.exit_code != 0 && stop_ == stop_reason::none) {
+            failure = "script_failure";
+            exit_code = g.status.exit_code;
+            failure_message = "could not fetch the sources (git exited with " +
+                              std::to_string(g.status.exit_code) + ")";
+        }
+    }
+
+    // File variables exist on disk for the user's stages only.
+    std::error_code ec;
+    for (const auto& v : job_.variables) {
+        if (v.file && !v.key.empty()) {
+            std::ofstream f(tmp_dir_ / v.key, std::ios::trunc);
+            f << v.value;
+            std::filesystem::permissions(tmp_dir_ / v.key, std::filesystem::perms::owner_read |
+                                                               std::filesystem::perms::owner_write,
+                                         ec);
+        }
+    }
+
+    const gitlab::job_step* after_script = nullptr;
+    for (const auto& step : job_.steps) {
+        if (step.name == "after_script") {
+            after_script = &step;
+            continue;
+        }
+        if (!failure.empty() || stop_ != stop_reason::none) {
+            break;
+        }
+        if (!gitlab::when_on_success(step.when)) {
+            continue;
+        }
+        const std::string section = step.name == "script" ? "step_script" : "step_" + step.name;
+        section_start(section, "Executing \"" + section + "\" stage of the job script");
+        executors::stage_script st;
+        st.working_directory = project_dir_.string();
+        if (step.name == "script" && !r.pre_build_script.empty()) {
+            st.commands.push_back(r.pre_build_script);
+        }
+        for (const auto& c : step.script) {
+            st.commands.push_back(c);
+        }
+        if (step.name == "script" && !r.post_build_script.empty()) {
+            st.commands.push_back(r.post_build_script);
+        }
+        in_user_script_ = true;
+        auto res = co_await run_stage(section, executors::build_stage_script(st));
+        in_user_script_ = false;
+        section_end(section);
+        if (!res.system_error.empty()) {
+            failure = "runner_system_failure";
+            failure_message = res.system_error;
+        } else if (stop_ == stop_reason::none && res.status.exit_code != 0) {
+            exit_code = res.status.exit_code;
+            if (!step.allow_failure) {
+                failure = "script_failure";
+                failure_message = "exit code " + std::to_string(exit_code);
+            }
+        }
+    }
+
+    const char* job_status = stop_ == stop_reason::graceful_cancel ? "canceled"
+                             : stop_ == stop_reason::timeout       ? "timedout"
+                             : !failure.empty()                    ? "failed"
+                                                                   : "success";
+    if (after_script != nullptr && !after_script->script.empty() && stop_ != stop_reason::abort) {
+        section_start("after_script", "Running after_script");
+        for (auto& [k, v] : env_) {
+            if (k == "CI_JOB_STATUS") {
+                v = job_status;
+            }
+        }
+        executors::stage_script st;
+        st.working_directory = project_dir_.string();
+        st.commands = after_script->script;
+        auto res = co_await run_stage("after_script", executors::build_stage_script(st));
+        section_end("after_script");
+        if (res.status.exit_code != 0 && res.system_error.empty()) {
+            line(ansi_bold_yellow, "WARNING: after_script failed, but job will continue unaffected: "
+                                   "exit code " + std::to_string(res.status.exit_code));
+        }
+    }
+
+    section_start("cleanup_file_variables", "Cleaning up project directory and file based variables");
+    std::filesystem::remove_all(tmp_dir_, ec);
+    section_end("cleanup_file_variables");
+
+    if (stop_ == stop_reason::timeout) {
+        auto t = job_.runner.timeout > 0 ? job_.runner.timeout : gitlab::default_job_timeout_seconds;
+        failure = "job_execution_timeout";
+        failure_message = "execution took longer than " + go_duration(t) + " seconds";
+    } else if (stop_ == stop_reason::graceful_cancel || stop_ == stop_reason::abort) {
+        failure = "job_canceled";
+        failure_message = "canceled";
+        exit_code = 0;
+    }
+    if (failure.empty()) {
+        outcome_.state = gitlab::job_state::success;
+        line(ansi_bold_green, "Job succeeded");
+    } else {
+        outcome_.state = gitlab::job_state::failed;
+        outcome_.failure_reason = failure;
+        outcome_.exit_code = exit_code;
+        line(ansi_bold_red, (failure == "runner_system_failure" ? "ERROR: Job failed (system failure): "
+                                                                : "ERROR: Job failed: ") +
+                                failure_message);
+    }
+    finished_ = true;
+    deadline_timer_.cancel();
+    streamer_.stop();
+}
+
+asio::awaitable<bool> job_run::send_final_state() {
+    gitlab::job_update update;
+    update.token = job_.token;
+    update.state = outcome_.state;
+    if (outcome_.state == gitlab::job_state::failed) {
+        update.failure_reason =
+            gitlab::resolve_failure_reason(outcome_.failure_reason, job_.features.failure_reasons);
+        update.exit_code = outcome_.exit_code;
+    }
+    update.checksum = buffer_.checksum();
+    update.bytesize = static_cast<std::int64_t>(buffer_.size());
+
+    // GitLab itself stops waiting for the trace after 5 minutes.
+    const auto give_up = std::chrono::steady_clock::now() + 5min;
+    int backoff = 0;
+    while (std::chrono::steady_clock::now() < give_up) {
+        co_await streamer_.flush();
+        auto r = co_await ctx_.api.update_job(job_.id, update);
+        std::chrono::milliseconds wait{};
+        if (r.reached()) {
+            switch (r.value.status) {
+                case gitlab::update_status::succeeded:
+                case gitlab::update_status::abort:
+                    co_return true;
+                case gitlab::update_status::accepted:
+                    wait = r.value.update_interval.value_or(1s);
+                    break;
+                case gitlab::update_status::trace_validation_failed:
+                    streamer_.restart_from_zero();
+                    break;
+                case gitlab::update_status::failed:
+                    wait = std::min<std::chrono::milliseconds>(1s * (1 << std::min(backoff++, 6)), 60s);
+                    break;
+            }
+        } else {
+            log::warn("sending the final job state failed: " + r.transport.message,
+                      {{"job", job_.id}});
+            wait = std::min<std::chrono::milliseconds>(1s * (1 << std::min(backoff++, 6)), 60s);
+        }
+        asio::steady_timer t(ex_, wait);
+        co_await t.async_wait(use_tuple);
+    }
+    log::error("GitLab did not take the job's final state within 5 minutes", {{"job", job_.id}});
+    co_return false;
+}
+
+asio::awaitable<job_outcome> job_run::run() {
+    using namespace asio::experimental::awaitable_operators;
+    // Accept the job (two-phase commit confirmation, or a harmless touch).
+    gitlab::job_update accept;
+    accept.token = job_.token;
+    accept.state = gitlab::job_state::running;
+    auto a = co_await ctx_.api.update_job(job_.id, accept);
+    if (a.reached() && a.value.status == gitlab::update_status::abort) {
+        log::warn("GitLab withdrew the job before it started", {{"job", job_.id}});
+        co_return outcome_;
+    }
+    outcome_.accepted = true;
+    if (a.reached() && a.value.update_interval) {
+        streamer_.set_update_interval(*a.value.update_interval);
+    }
+    streamer_.on_cancel([this](trace::remote_cancel c) { on_remote_cancel(c); });
+    control_->set_handler([this](bool graceful) {
+        stop_current(graceful ? stop_reason::graceful_cancel : stop_reason::abort);
+    });
+    if (a.reached() && a.value.cancel_requested) {
+        stop_ = stop_reason::graceful_cancel;
+    }
+
+    asio::co_spawn(ex_, watch_deadline(), asio::detached);
+    co_await (stages() && streamer_.pump());
+    control_->set_handler(nullptr);
+    buffer_.close();
+    outcome_.final_state_sent = co_await send_final_state();
+    log::info(outcome_.state == gitlab::job_state::success ? "Job succeeded" : "Job failed",
+              {{"job", job_.id},
+               {"runner", gitlab::short_token(ctx_.runner.token)},
+               {"failure_reason", outcome_.failure_reason}});
+    co_return outcome_;
+}
+
+}  // namespace
+
+asio::awaitable<job_outcome> run_job(job_context ctx, gitlab::job_spec job,
+                                     std::shared_ptr<job_control> control) {
+    auto ex = co_await asio::this_coro::executor;
+    // Owned by this frame; the deadline watcher is cancelled before the frame ends.
+    auto run = std::make_unique<job_run>(ex, ctx, std::move(job), std::move(control));
+    auto outcome = co_await run->run();
+    co_return outcome;
+}
+
+}  // namespace kiln

@@ -1,0 +1,54 @@
+#pragma once
+// One job from acceptance to its final state on GitLab:
+// accept → prepare → get_sources → step_script → after_script → final update.
+
+#include <boost/asio/awaitable.hpp>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "config/settings.hpp"
+#include "runner/gitlab/client.hpp"
+#include "runner/gitlab/job_payload.hpp"
+
+namespace kiln {
+
+struct job_outcome {
+    bool accepted = false;         // false: GitLab refused the job before it started
+    bool final_state_sent = false;
+    gitlab::job_state state = gitlab::job_state::failed;
+    std::string failure_reason;
+    int exit_code = 0;
+};
+
+struct job_context {
+    config::runner_entry runner;
+    gitlab::client& api;
+    std::string system_id;
+    int concurrent_id = 0;
+};
+
+/// Handle to ask a running job to stop from outside (daemon shutdown).
+class job_control {
+public:
+    /// Graceful: stop the script, run after_script, report failure. Abort: kill at once.
+    void cancel(bool graceful) {
+        if (handler_) {
+            handler_(graceful);
+        }
+    }
+    void set_handler(std::function<void(bool)> h) { handler_ = std::move(h); }
+
+private:
+    std::function<void(bool)> handler_;
+};
+
+/// Runs the job with the shell executor and sends its final state. Never throws for job-level
+/// failures (they become the job's state); completes when GitLab has the final state or gave
+/// up on it.
+boost::asio::awaitable<job_outcome> run_job(job_context ctx, gitlab::job_spec job,
+                                            std::shared_ptr<job_control> control);
+
+}  // namespace kiln
