@@ -438,14 +438,18 @@ private:
 // ---------------------------------------------------------------------------------------------
 // runner_entry → [[runners]] table
 
-constexpr auto zero_time = "0001-01-01T00:00:00Z"sv;
+const std::string zero_time = "0001-01-01T00:00:00Z";
 
-void put_timestamp(toml::table& t, std::string_view key, std::string_view rfc3339) {
+/// Token times are written as TOML date-times, as gitlab-runner does. Anything else would
+/// give a file the loader rejects, so it is refused before the document changes.
+toml::date_time timestamp(std::string_view key, std::string_view rfc3339) {
     if (auto dt = internal::parse_rfc3339(rfc3339)) {
-        t.insert_or_assign(key, *dt);
-    } else {
-        t.insert_or_assign(key, std::string(rfc3339));
+        return *dt;
     }
+    throw std::invalid_argument(
+        std::string(key) + ": \"" + std::string(rfc3339) +
+        "\" is not an RFC 3339 date-time such as 2026-01-02T03:04:05Z"
+    );
 }
 
 void put_string(toml::table& t, std::string_view key, const std::string& value) {
@@ -607,8 +611,12 @@ toml::table runner_table(const runner_entry& r) {
     t.insert_or_assign("url", r.url);
     t.insert_or_assign("id", r.id);
     t.insert_or_assign("token", r.token);
-    put_timestamp(t, "token_obtained_at", r.token_obtained_at.value_or(std::string(zero_time)));
-    put_timestamp(t, "token_expires_at", r.token_expires_at.value_or(std::string(zero_time)));
+    t.insert_or_assign(
+        "token_obtained_at", timestamp("token_obtained_at", r.token_obtained_at.value_or(zero_time))
+    );
+    t.insert_or_assign(
+        "token_expires_at", timestamp("token_expires_at", r.token_expires_at.value_or(zero_time))
+    );
     t.insert_or_assign("executor", r.executor);
     put_string(t, "shell", r.shell);
     put_string(t, "builds_dir", r.builds_dir);
@@ -777,6 +785,7 @@ config_document config_document::parse(std::string_view text, std::string_view s
 }
 
 void config_document::add_runner(const runner_entry& runner) {
+    toml::table entry = runner_table(runner);
     auto* runners = impl_->runners();
     if (runners == nullptr) {
         if (impl_->doc.contains("runners")) {
@@ -787,7 +796,7 @@ void config_document::add_runner(const runner_entry& runner) {
         impl_->doc.insert_or_assign("runners", toml::array{});
         runners = impl_->runners();
     }
-    runners->push_back(runner_table(runner));
+    runners->push_back(std::move(entry));
 }
 
 std::size_t config_document::remove_runners(const std::function<bool(const runner_entry&)>& match) {
@@ -814,6 +823,8 @@ std::size_t config_document::replace_token(
     const std::string& obtained_at,
     const std::optional<std::string>& expires_at
 ) {
+    const auto obtained = timestamp("token_obtained_at", obtained_at);
+    const auto expires = timestamp("token_expires_at", expires_at.value_or(zero_time));
     auto* runners = impl_->runners();
     if (runners == nullptr) {
         return 0;
@@ -825,8 +836,8 @@ std::size_t config_document::replace_token(
             continue;
         }
         tbl->insert_or_assign("token", new_token);
-        put_timestamp(*tbl, "token_obtained_at", obtained_at);
-        put_timestamp(*tbl, "token_expires_at", expires_at.value_or(std::string(zero_time)));
+        tbl->insert_or_assign("token_obtained_at", obtained);
+        tbl->insert_or_assign("token_expires_at", expires);
         ++changed;
     }
     return changed;

@@ -29,14 +29,16 @@ public:
 
     /// Appends a [[runners]] entry, writing only keys that differ from their defaults plus the
     /// ones gitlab-runner always writes (name, url, id, token, token_obtained_at,
-    /// token_expires_at, executor).
+    /// token_expires_at, executor). Token times must be RFC 3339 (unset: the zero time, "never
+    /// expires"); otherwise std::invalid_argument is thrown and the document is unchanged.
     void add_runner(const runner_entry& runner);
 
     /// Removes every [[runners]] entry for which `match` returns true; returns how many.
     std::size_t remove_runners(const std::function<bool(const runner_entry&)>& match);
 
     /// Replaces token, token_obtained_at and token_expires_at of entries whose token equals
-    /// `old_token`; returns how many were changed.
+    /// `old_token`; returns how many were changed. The times are RFC 3339 (no expiry: the zero
+    /// time is written); other text throws std::invalid_argument before anything changes.
     std::size_t replace_token(
         const std::string& old_token,
         const std::string& new_token,

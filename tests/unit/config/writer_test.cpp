@@ -547,3 +547,25 @@ TEST_CASE("save through a symlink replaces the file it points to", "[config][wri
     CHECK(read_file(real) == doc.to_toml());
     CHECK(mode_of(real) == 0600);
 }
+
+TEST_CASE("token times from GitLab's API are written as TOML date-times", "[config][writer]") {
+    config_document doc;
+    doc.add_runner(shell_runner());
+    CHECK(doc.replace_token(shell_runner().token, "glrt-new", "2026-02-03T04:05:06Z", "2026-05-03T04:05:06.000Z") == 1);
+    CHECK(doc.to_toml().find("  token_expires_at = 2026-05-03T04:05:06Z\n") != std::string::npos);
+}
+
+TEST_CASE("a token time that is not RFC 3339 is refused and nothing changes", "[config][writer]") {
+    config_document doc;
+    doc.add_runner(shell_runner());
+    const std::string before = doc.to_toml();
+
+    auto bad = shell_runner();
+    bad.token_expires_at = "next tuesday";
+    CHECK_THROWS_AS(doc.add_runner(bad), std::invalid_argument);
+    CHECK_THROWS_WITH(
+        doc.replace_token(shell_runner().token, "glrt-new", "2026/01/02", std::nullopt),
+        "token_obtained_at: \"2026/01/02\" is not an RFC 3339 date-time such as 2026-01-02T03:04:05Z"
+    );
+    CHECK(doc.to_toml() == before);
+}
