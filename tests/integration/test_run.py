@@ -1,0 +1,193 @@
+"""`kiln run` against the GitLab emulator with the shell executor: what GitLab ends up with
+(final state, failure reason, exit code, the stored trace and its checksum) for jobs that
+succeed, fail, time out, are canceled, or run while GitLab misbehaves."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "emulator"))
+import harness  # noqa: E402
+
+KILN = os.environ.get("KILN_BIN", os.path.join(ROOT, "build", "release", "runner", "kiln"))
+
+SECRET = "s3cr3t-Passw0rd"  # DEPLOY_PASSWORD in fixtures/job_basic.json, masked
+
+
+class RunTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gitlab = harness.Emulator(tls=True, long_poll=5)
+        cls.gitlab.start()
+        cls.work = tempfile.mkdtemp(prefix="kiln-run-test-")
+        cls.repo = os.path.join(cls.work, "widgets.git")
+        cls.sha = harness.make_bare_repo(cls.repo, {"README.md": "widgets\n", "VERSION": "1.2.3\n"})
+        cls.gitlab.add_repo("acme/widgets", cls.repo)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gitlab.stop()
+        cls.gitlab.cleanup()
+        shutil.rmtree(cls.work, ignore_errors=True)
+
+    def setUp(self):
+        self.gitlab.clear_faults()
+        self.gitlab.configure(trace_update_interval=1, final_update_202_count=1)
+        runner = self.gitlab.create_runner(kind="glrt")
+        self.token = runner["token"]
+        self.dir = tempfile.mkdtemp(dir=self.work)
+        self.config = os.path.join(self.dir, "config.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                "concurrent = 2\ncheck_interval = 1\nshutdown_timeout = 5\n\n[[runners]]\n"
+                f'  name = "t"\n  url = "{self.gitlab.url}"\n  token = "{self.token}"\n'
+                f'  tls-ca-file = "{self.gitlab.ca_file}"\n  executor = "shell"\n'
+                f'  builds_dir = "{os.path.join(self.dir, "builds")}"\n')
+        self.proc = None
+
+    def tearDown(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def start_kiln(self, *args):
+        self.log = open(os.path.join(self.dir, "kiln.log"), "w")
+        self.proc = subprocess.Popen([KILN, "run", "--config", self.config, *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def run_one(self, script, after_script=None, timeout=None, **extra):
+        job = self.gitlab.enqueue_job(fixture="job_basic", repo="acme/widgets", sha=self.sha,
+                                      runner_token=self.token, script=script,
+                                      after_script=after_script or [], **extra)
+        if timeout is not None:
+            self.gitlab.set_job_timeout(job["id"], timeout)
+        self.start_kiln("--max-jobs", "1")
+        self.assertEqual(self.proc.wait(timeout=120), 0, self.kiln_log())
+        return self.gitlab.job(job["id"])
+
+    def kiln_log(self):
+        with open(os.path.join(self.dir, "kiln.log")) as f:
+            return f.read()
+
+    def assert_consistent_trace(self, state):
+        self.assertTrue(state["checksum_ok"], state)
+        self.assertEqual(state["protocol_violations"], [])
+        self.assertNotIn(SECRET, state["trace"])
+        self.assertNotIn(self.token, state["trace"])
+
+    def test_success_reports_state_checksum_and_output(self):
+        state = self.run_one(["echo \"version $(cat VERSION)\"", "echo \"pw=$DEPLOY_PASSWORD\""])
+        self.assertEqual(state["state"], "success", state["trace"])
+        self.assertIn("version 1.2.3", state["trace"])
+        self.assertIn("pw=[MASKED]", state["trace"])
+        self.assertIn("Job succeeded", state["trace"])
+        self.assertIn("section_start:", state["trace"])
+        self.assert_consistent_trace(state)
+
+    def test_script_failure_reports_exit_code(self):
+        state = self.run_one(["echo failing", "exit 3", "echo never"],
+                             after_script=["echo \"after: $CI_JOB_STATUS\""])
+        self.assertEqual(state["state"], "failed")
+        self.assertEqual(state["failure_reason"], "script_failure")
+        self.assertEqual(state["exit_code"], 3)
+        self.assertNotIn("\nnever\n", state["trace"])
+        self.assertIn("after: failed", state["trace"])
+        self.assertIn("ERROR: Job failed: exit code 3", state["trace"])
+        self.assert_consistent_trace(state)
+
+    def test_timeout_kills_the_script(self):
+        started = time.monotonic()
+        state = self.run_one(["sleep 60"], timeout=2)
+        self.assertLess(time.monotonic() - started, 45)
+        self.assertEqual(state["state"], "failed")
+        self.assertEqual(state["failure_reason"], "job_execution_timeout")
+        self.assertIn("execution took longer than 2s seconds", state["trace"])
+        self.assert_consistent_trace(state)
+
+    def test_secret_split_across_writes_and_patches_never_reaches_gitlab(self):
+        # The secret is printed one byte at a time with pauses, so it spans writes and
+        # (with a 1 s update interval) PATCH requests.
+        script = [f"for c in $(echo \"$DEPLOY_PASSWORD\" | sed 's/./& /g'); do printf %s \"$c\"; "
+                  "sleep 0.4; done; echo", "echo done"]
+        state = self.run_one(script)
+        self.assertEqual(state["state"], "success", state["trace"])
+        self.assertIn("[MASKED]\n", state["trace"])
+        self.assertGreater(len(state["patches"]), 1)
+        self.assert_consistent_trace(state)
+
+    def wait_running(self, job_id, text=None):
+        def ready():
+            j = self.gitlab.job(job_id)
+            return j["state"] == "running" and (text is None or text in j["trace"])
+        self.gitlab.wait_for(ready, timeout=30)
+
+    def test_graceful_cancel_runs_after_script(self):
+        job = self.gitlab.enqueue_job(fixture="job_basic", repo="acme/widgets", sha=self.sha,
+                                      runner_token=self.token,
+                                      script=["echo started", "sleep 60"],
+                                      after_script=["echo \"after: $CI_JOB_STATUS\""])
+        self.start_kiln("--max-jobs", "1")
+        self.wait_running(job["id"], "started")
+        self.gitlab.cancel(job["id"], "graceful")
+        self.assertEqual(self.proc.wait(timeout=60), 0, self.kiln_log())
+        state = self.gitlab.job(job["id"])
+        self.assertEqual(state["state"], "canceled", state)
+        self.assertIn("after: canceled", state["trace"])
+
+    def test_hard_cancel_kills_without_after_script(self):
+        job = self.gitlab.enqueue_job(fixture="job_basic", repo="acme/widgets", sha=self.sha,
+                                      runner_token=self.token,
+                                      script=["echo started", "sleep 60"],
+                                      after_script=["echo after-ran"])
+        self.start_kiln("--max-jobs", "1")
+        self.wait_running(job["id"], "started")
+        self.gitlab.cancel(job["id"], "hard")
+        self.assertEqual(self.proc.wait(timeout=60), 0, self.kiln_log())
+        state = self.gitlab.job(job["id"])
+        self.assertEqual(state["state"], "canceled", state)
+        self.assertNotIn("after-ran", state["trace"])
+
+    def test_faults_do_not_change_the_final_trace(self):
+        script = ["for i in $(seq 1 40); do echo line $i; sleep 0.05; done"]
+        clean = self.run_one(script)
+        self.assertEqual(clean["state"], "success", clean["trace"])
+
+        self.tearDown()
+        self.setUp()
+        self.gitlab.fault(path=r"/trace$", action="status", status=503, count=3)
+        self.gitlab.fault(path=r"/trace$", action="drop", count=1)
+        self.gitlab.fault(path=r"/api/v4/jobs/\d+$", method="PUT", action="status", status=429,
+                          retry_after=1, count=1)
+        faulty = self.run_one(script)
+        self.assertEqual(faulty["state"], "success", faulty["trace"])
+        self.assert_consistent_trace(faulty)
+
+        def body(trace):
+            # Section timestamps and the commit line differ between runs; the job's output
+            # must not.
+            return [l for l in trace.splitlines() if l.startswith("line ")]
+        self.assertEqual(body(clean["trace"]), body(faulty["trace"]))
+        self.assertEqual(len(body(faulty["trace"])), 40)
+
+    def test_sigterm_cancels_the_running_job_and_reports_it(self):
+        job = self.gitlab.enqueue_job(fixture="job_basic", repo="acme/widgets", sha=self.sha,
+                                      runner_token=self.token, script=["echo started", "sleep 60"])
+        self.start_kiln()
+        self.wait_running(job["id"], "started")
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(timeout=60), 0, self.kiln_log())
+        state = self.gitlab.job(job["id"])
+        self.assertEqual(state["state"], "failed", state)
+
+
+if __name__ == "__main__":
+    unittest.main()
