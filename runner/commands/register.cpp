@@ -217,9 +217,10 @@ int run_register(const global_options& g, register_options o) {
         std::string expires_at;
         net::tls_settings tls{o.tls_ca_file, o.tls_cert_file, o.tls_key_file};
 
-        std::unique_ptr<gitlab::client> api;
+        // Each client lives inside the coroutine (and io_context) it was made for: its sockets
+        // must not outlive the io_context that run_coroutine destroys on return.
         run_coroutine([&]() -> boost::asio::awaitable<void> {
-            api = make_client(co_await boost::asio::this_coro::executor, o.url, tls);
+            auto api = make_client(co_await boost::asio::this_coro::executor, o.url, tls);
             if (created_runner_token) {
                 auto r = co_await api->verify_runner(o.token, system_id.id);
                 if (!r.reached()) {
@@ -274,10 +275,16 @@ int run_register(const global_options& g, register_options o) {
             std::string msg = e.what();
             if (!created_runner_token && !o.leave_runner) {
                 // Do not leave a runner in GitLab that no config knows about.
+                bool deleted = false;
                 run_coroutine([&]() -> boost::asio::awaitable<void> {
-                    co_await api->unregister_runner(token);
+                    auto api = make_client(co_await boost::asio::this_coro::executor, o.url, tls);
+                    auto r = co_await api->unregister_runner(token);
+                    deleted = r.reached() &&
+                              r.value.status == gitlab::unregister_status::unregistered;
                 });
-                msg += "; the runner was deleted from GitLab again";
+                msg += deleted ? "; the runner was deleted from GitLab again"
+                               : "; deleting the runner (id " + std::to_string(id) +
+                                     ") from GitLab failed too: delete it there";
             }
             throw command_error(msg);
         }
