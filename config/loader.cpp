@@ -127,27 +127,46 @@ private:
 
 std::string_view type_name(const toml::node& n) {
     switch (n.type()) {
-        case toml::node_type::string: return "a string";
-        case toml::node_type::integer: return "an integer";
-        case toml::node_type::floating_point: return "a floating-point number";
-        case toml::node_type::boolean: return "a boolean";
-        case toml::node_type::date: return "a date";
-        case toml::node_type::time: return "a time";
-        case toml::node_type::date_time: return "a date-time";
-        case toml::node_type::array: return "an array";
-        case toml::node_type::table: return "a table";
-        case toml::node_type::none: break;
+        case toml::node_type::string:
+            return "a string";
+        case toml::node_type::integer:
+            return "an integer";
+        case toml::node_type::floating_point:
+            return "a floating-point number";
+        case toml::node_type::boolean:
+            return "a boolean";
+        case toml::node_type::date:
+            return "a date";
+        case toml::node_type::time:
+            return "a time";
+        case toml::node_type::date_time:
+            return "a date-time";
+        case toml::node_type::array:
+            return "an array";
+        case toml::node_type::table:
+            return "a table";
+        case toml::node_type::none:
+            break;
     }
     return "nothing";
 }
 
+/// A value as it would be written in TOML, so that a diagnostic stays on one line.
 std::string quote(std::string_view s) {
     std::string out = "\"";
     for (char ch : s) {
         if (ch == '"' || ch == '\\') {
             out += '\\';
+            out += ch;
+        } else if (ch == '\n') {
+            out += "\\n";
+        } else if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\u%04X", static_cast<unsigned>(ch));
+            out += buf;
+        } else {
+            out += ch;
         }
-        out += ch;
     }
     return out + '"';
 }
@@ -223,8 +242,7 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 }
 
 std::optional<std::string_view> closest(
-    std::string_view key,
-    std::initializer_list<std::span<const std::string_view>> candidate_lists
+    std::string_view key, std::initializer_list<std::span<const std::string_view>> candidate_lists
 ) {
     const std::string k = normalised_key(key);
     const std::size_t limit = k.size() <= 3 ? 1 : (k.size() <= 8 ? 2 : 3);
@@ -280,13 +298,10 @@ std::optional<bool> read_bool(checker& c, const toml::node& n, const std::string
 }
 
 std::optional<strings> read_strings(
-    checker& c,
-    const toml::node& n,
-    const std::string& key,
-    bool allow_single = false
+    checker& c, const toml::node& n, const std::string& key, bool allow_single = false
 ) {
-    std::string_view what = allow_single ? "a string or an array of strings"
-                                         : "an array of strings";
+    std::string_view what =
+        allow_single ? "a string or an array of strings" : "an array of strings";
     if (allow_single) {
         if (auto s = n.as_string()) {
             return strings{s->get()};
@@ -436,10 +451,7 @@ std::optional<std::chrono::nanoseconds> parse_go_duration(std::string_view s) {
 /// A Go duration in whole seconds; a positive duration under a second becomes one second so
 /// that it does not turn into "0 = disabled".
 std::optional<std::chrono::seconds> read_duration(
-    checker& c,
-    const toml::node& n,
-    const std::string& key,
-    std::string_view example
+    checker& c, const toml::node& n, const std::string& key, std::string_view example
 ) {
     if (auto s = n.as_string()) {
         if (auto d = parse_go_duration(s->get())) {
@@ -690,7 +702,6 @@ void read_services(checker& c, const toml::node& n, const std::string& key, dock
     }
 }
 
-
 const field<docker_settings> docker_fields[] = {
     {"host", string_field<docker_settings, &docker_settings::host>},
     {"tls_verify", bool_field<docker_settings, &docker_settings::tls_verify>},
@@ -880,10 +891,7 @@ const toml::table* expect_table(checker& c, const toml::node& n, const std::stri
 /// [runners.cache.gcs] and [runners.cache.azure]: known, not implemented. gitlab-runner's
 /// register writes them empty, so only a table with settings in it gets a warning.
 void read_unsupported_cache(
-    checker& c,
-    const toml::node& n,
-    const std::string& key,
-    std::span<const std::string_view> known
+    checker& c, const toml::node& n, const std::string& key, std::span<const std::string_view> known
 ) {
     auto tbl = expect_table(c, n, key);
     if (tbl == nullptr) {
@@ -1063,8 +1071,7 @@ const field<runner_entry> runner_fields[] = {
     {"output_limit", positive_or_default_field<runner_entry, &runner_entry::output_limit, 4096>},
     {"strict_check_interval", bool_field<runner_entry, &runner_entry::strict_check_interval>},
     {"pre_get_sources_script", string_field<runner_entry, &runner_entry::pre_get_sources_script>},
-    {"post_get_sources_script",
-     string_field<runner_entry, &runner_entry::post_get_sources_script>},
+    {"post_get_sources_script", string_field<runner_entry, &runner_entry::post_get_sources_script>},
     {"pre_build_script", string_field<runner_entry, &runner_entry::pre_build_script>},
     {"post_build_script", string_field<runner_entry, &runner_entry::post_build_script>},
     {"clone_url", string_field<runner_entry, &runner_entry::clone_url>},

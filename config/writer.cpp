@@ -172,12 +172,18 @@ constexpr std::string_view s3_order[] = {
 
 std::span<const std::string_view> order_of(schema s) {
     switch (s) {
-        case schema::root: return root_order;
-        case schema::runner: return runner_order;
-        case schema::docker: return docker_order;
-        case schema::cache: return cache_order;
-        case schema::cache_s3: return s3_order;
-        case schema::other: break;
+        case schema::root:
+            return root_order;
+        case schema::runner:
+            return runner_order;
+        case schema::docker:
+            return docker_order;
+        case schema::cache:
+            return cache_order;
+        case schema::cache_s3:
+            return s3_order;
+        case schema::other:
+            break;
     }
     return {};
 }
@@ -254,13 +260,27 @@ std::string escaped(std::string_view s) {
     std::string out = "\"";
     for (unsigned char c : s) {
         switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\b': out += "\\b"; break;
-            case '\t': out += "\\t"; break;
-            case '\n': out += "\\n"; break;
-            case '\f': out += "\\f"; break;
-            case '\r': out += "\\r"; break;
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\b':
+                out += "\\b";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\f':
+                out += "\\f";
+                break;
+            case '\r':
+                out += "\\r";
+                break;
             default:
                 if (c < 0x20 || c == 0x7f) {
                     char buf[8];
@@ -345,12 +365,18 @@ bool is_section(const toml::node& n) {
 
 std::string value_text(const toml::node& n) {
     switch (n.type()) {
-        case toml::node_type::string: return escaped(n.as_string()->get());
-        case toml::node_type::integer: return std::to_string(n.as_integer()->get());
-        case toml::node_type::floating_point: return float_text(n.as_floating_point()->get());
-        case toml::node_type::boolean: return n.as_boolean()->get() ? "true" : "false";
-        case toml::node_type::date: return date_text(n.as_date()->get());
-        case toml::node_type::time: return time_text(n.as_time()->get());
+        case toml::node_type::string:
+            return escaped(n.as_string()->get());
+        case toml::node_type::integer:
+            return std::to_string(n.as_integer()->get());
+        case toml::node_type::floating_point:
+            return float_text(n.as_floating_point()->get());
+        case toml::node_type::boolean:
+            return n.as_boolean()->get() ? "true" : "false";
+        case toml::node_type::date:
+            return date_text(n.as_date()->get());
+        case toml::node_type::time:
+            return time_text(n.as_time()->get());
         case toml::node_type::date_time:
             return internal::format_rfc3339(n.as_date_time()->get());
         case toml::node_type::array: {
@@ -377,7 +403,8 @@ std::string value_text(const toml::node& n) {
             }
             return out + " }";
         }
-        case toml::node_type::none: break;
+        case toml::node_type::none:
+            break;
     }
     return "\"\"";
 }

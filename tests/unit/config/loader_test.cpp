@@ -182,7 +182,9 @@ TEST_CASE("zero or negative values mean the default, as in gitlab-runner", "[con
         CHECK(runner.docker->wait_for_services_timeout == 30);
     }
     SECTION("a negative wait_for_services_timeout disables the wait") {
-        auto r = parse(std::string(minimal_runner) + "  [runners.docker]\n    wait_for_services_timeout = -5\n");
+        auto r = parse(
+            std::string(minimal_runner) + "  [runners.docker]\n    wait_for_services_timeout = -5\n"
+        );
         REQUIRE(r.ok());
         CHECK(r.value->runners[0].docker->wait_for_services_timeout == -1);
     }
@@ -287,7 +289,10 @@ echo two
     CHECK(x.unhealthy_requests_limit == 7);
     CHECK(x.unhealthy_interval == 600s);
     CHECK(x.job_status_final_update_retry_limit == 4);
-    CHECK(x.feature_flags == std::map<std::string, bool>{{"FF_NETWORK_PER_BUILD", true}, {"FF_USE_FASTZIP", false}});
+    CHECK(
+        x.feature_flags ==
+        std::map<std::string, bool>{{"FF_NETWORK_PER_BUILD", true}, {"FF_USE_FASTZIP", false}}
+    );
     CHECK(x.custom_build_dir.enabled == true);
 }
 
@@ -457,7 +462,8 @@ TEST_CASE("every [runners.docker] key is read", "[config][loader]") {
 }
 
 TEST_CASE("pull_policy may be a single string", "[config][loader]") {
-    auto r = parse(std::string(minimal_runner) + "  [runners.docker]\n    pull_policy = \"never\"\n");
+    auto r =
+        parse(std::string(minimal_runner) + "  [runners.docker]\n    pull_policy = \"never\"\n");
     REQUIRE(r.ok());
     CHECK(r.value->runners[0].docker->pull_policy == std::vector<std::string>{"never"});
 }
@@ -519,8 +525,10 @@ TEST_CASE("token times are RFC 3339 strings in the model", "[config][loader]") {
     };
     for (const auto& [toml_value, expected] : cases) {
         CAPTURE(toml_value);
-        auto r = parse(std::string(minimal_runner) + "  token_obtained_at = " + toml_value +
-                       "\n  token_expires_at = " + toml_value + "\n");
+        auto r = parse(
+            std::string(minimal_runner) + "  token_obtained_at = " + toml_value +
+            "\n  token_expires_at = " + toml_value + "\n"
+        );
         INFO(dump(r));
         REQUIRE(r.ok());
         CHECK(r.value->runners[0].token_obtained_at == expected);
@@ -582,7 +590,8 @@ TEST_CASE("unknown keys are warnings with the line and a suggestion", "[config][
          7,
          "runners[0].tls_ca_file",
          "unknown key (did you mean \"tls-ca-file\"?)"},
-        {std::string(minimal_runner) + "  [runners.docker]\n    image = \"a\"\n    memroy = \"1g\"\n",
+        {std::string(minimal_runner) +
+             "  [runners.docker]\n    image = \"a\"\n    memroy = \"1g\"\n",
          9,
          "runners[0].docker.memroy",
          "unknown key (did you mean \"memory\"?)"},
@@ -590,7 +599,8 @@ TEST_CASE("unknown keys are warnings with the line and a suggestion", "[config][
          8,
          "runners[0].cache.type",
          "unknown key (did you mean \"Type\"?)"},
-        {std::string(minimal_runner) + "  [runners.cache]\n    [runners.cache.s3]\n      bucketname = \"x\"\n",
+        {std::string(minimal_runner) +
+             "  [runners.cache]\n    [runners.cache.s3]\n      bucketname = \"x\"\n",
          9,
          "runners[0].cache.s3.bucketname",
          "unknown key (did you mean \"BucketName\"?)"},
@@ -598,7 +608,8 @@ TEST_CASE("unknown keys are warnings with the line and a suggestion", "[config][
          7,
          "runners[0].dokcer",
          "unknown key (did you mean \"docker\"?)"},
-        {std::string(minimal_runner) + "  [runners.docker]\n    [[runners.docker.services]]\n      name = \"x\"\n      alais = \"y\"\n",
+        {std::string(minimal_runner) + "  [runners.docker]\n    [[runners.docker.services]]\n      "
+                                       "name = \"x\"\n      alais = \"y\"\n",
          10,
          "runners[0].docker.services[0].alais",
          "unknown key (did you mean \"alias\"?)"},
@@ -617,7 +628,9 @@ TEST_CASE("unknown keys are warnings with the line and a suggestion", "[config][
     }
 }
 
-TEST_CASE("gitlab-runner keys kiln does not implement are warned about as ignored", "[config][loader]") {
+TEST_CASE(
+    "gitlab-runner keys kiln does not implement are warned about as ignored", "[config][loader]"
+) {
     struct test_case {
         std::string text;
         std::string key;
@@ -625,18 +638,25 @@ TEST_CASE("gitlab-runner keys kiln does not implement are warned about as ignore
     const std::vector<test_case> cases{
         {"[session_server]\n  listen_address = \"[::]:8093\"\n", "session_server"},
         {"[labels]\n  team = \"ci\"\n", "labels"},
-        {std::string(minimal_runner) + "  safe_directory_checkout = true\n", "runners[0].safe_directory_checkout"},
-        {std::string(minimal_runner) + "  [runners.docker]\n    links = [\"mysql:db\"]\n", "runners[0].docker.links"},
+        {std::string(minimal_runner) + "  safe_directory_checkout = true\n",
+         "runners[0].safe_directory_checkout"},
+        {std::string(minimal_runner) + "  [runners.docker]\n    links = [\"mysql:db\"]\n",
+         "runners[0].docker.links"},
         {std::string(minimal_runner) + "  [runners.docker]\n    services_security_opt = [\"x\"]\n",
          "runners[0].docker.services_security_opt"},
-        {std::string(minimal_runner) + "  [runners.cache]\n    [runners.cache.s3]\n      ServerSideEncryption = \"KMS\"\n",
+        {std::string(minimal_runner) +
+             "  [runners.cache]\n    [runners.cache.s3]\n      ServerSideEncryption = \"KMS\"\n",
          "runners[0].cache.s3.ServerSideEncryption"},
-        {std::string(minimal_runner) + "  [runners.cache]\n    [runners.cache.gcs]\n      BucketName = \"x\"\n",
+        {std::string(minimal_runner) +
+             "  [runners.cache]\n    [runners.cache.gcs]\n      BucketName = \"x\"\n",
          "runners[0].cache.gcs"},
-        {std::string(minimal_runner) + "  [runners.cache]\n    [runners.cache.azure]\n      ContainerName = \"x\"\n",
+        {std::string(minimal_runner) +
+             "  [runners.cache]\n    [runners.cache.azure]\n      ContainerName = \"x\"\n",
          "runners[0].cache.azure"},
-        {std::string(minimal_runner) + "  [runners.cache]\n    Type = \"gcs\"\n", "runners[0].cache.Type"},
-        {std::string(minimal_runner) + "  [runners.kubernetes]\n    namespace = \"ci\"\n", "runners[0].kubernetes"},
+        {std::string(minimal_runner) + "  [runners.cache]\n    Type = \"gcs\"\n",
+         "runners[0].cache.Type"},
+        {std::string(minimal_runner) + "  [runners.kubernetes]\n    namespace = \"ci\"\n",
+         "runners[0].kubernetes"},
     };
     for (const auto& c : cases) {
         CAPTURE(c.text);
@@ -652,7 +672,8 @@ TEST_CASE("gitlab-runner keys kiln does not implement are warned about as ignore
 }
 
 TEST_CASE("what register writes by default is not warned about", "[config][loader]") {
-    auto r = parse(std::string("[session_server]\n  session_timeout = 1800\n") + minimal_runner + R"(
+    auto r =
+        parse(std::string("[session_server]\n  session_timeout = 1800\n") + minimal_runner + R"(
   [runners.custom_build_dir]
   [runners.cache]
     MaxUploadedArchiveSize = 0
@@ -696,8 +717,11 @@ TEST_CASE("a runner without executor is warned about", "[config][loader]") {
     CHECK(r.diagnostics[0].line == 1);
 }
 
-TEST_CASE("environment entries that are not KEY=value are dropped with a warning", "[config][loader]") {
-    auto r = parse(std::string(minimal_runner) + "  environment = [\"A=1\", \"NOVALUE\", \"B=\"]\n");
+TEST_CASE(
+    "environment entries that are not KEY=value are dropped with a warning", "[config][loader]"
+) {
+    auto r =
+        parse(std::string(minimal_runner) + "  environment = [\"A=1\", \"NOVALUE\", \"B=\"]\n");
     REQUIRE(r.ok());
     CHECK(r.value->runners[0].environment == std::vector<std::string>{"A=1", "B="});
     REQUIRE(r.warnings().size() == 1);
@@ -705,7 +729,9 @@ TEST_CASE("environment entries that are not KEY=value are dropped with a warning
     CHECK(r.warnings()[0].message.find("\"NOVALUE\"") != std::string::npos);
 }
 
-TEST_CASE("wrong types and invalid values are errors naming line, key and expectation", "[config][loader]") {
+TEST_CASE(
+    "wrong types and invalid values are errors naming line, key and expectation", "[config][loader]"
+) {
     struct test_case {
         std::string text;
         int line;
@@ -719,78 +745,164 @@ TEST_CASE("wrong types and invalid values are errors naming line, key and expect
         {"concurrent = \"4\"\n", 1, "concurrent", "expected an integer ≥ 1, found \"4\""},
         {"concurrent = 2.5\n", 1, "concurrent", "expected an integer ≥ 1, found 2.5"},
         {"check_interval = \"3s\"\n", 1, "check_interval", "expected an integer, found \"3s\""},
-        {"log_level = \"verbose\"\n", 1, "log_level",
+        {"concurrent = \"\"\"\nfour\"\"\"\n",
+         1,
+         "concurrent",
+         "expected an integer ≥ 1, found \"four\""},
+        {"log_format = \"a\\tb\\nc\"\n",
+         1,
+         "log_format",
+         "expected one of: runner, text, json, found \"a\\u0009b\\nc\""},
+        {"log_level = \"verbose\"\n",
+         1,
+         "log_level",
          "expected one of: debug, info, warn, warning, error, fatal, panic, found \"verbose\""},
-        {"log_format = \"xml\"\n", 1, "log_format", "expected one of: runner, text, json, found \"xml\""},
+        {"log_format = \"xml\"\n",
+         1,
+         "log_format",
+         "expected one of: runner, text, json, found \"xml\""},
         {"listen_address = 9252\n", 1, "listen_address", "expected a string, found 9252"},
-        {"shutdown_timeout = true\n", 1, "shutdown_timeout", "expected an integer, found a boolean"},
-        {"connection_max_age = 900\n", 1, "connection_max_age",
+        {"shutdown_timeout = true\n",
+         1,
+         "shutdown_timeout",
+         "expected an integer, found a boolean"},
+        {"connection_max_age = 900\n",
+         1,
+         "connection_max_age",
          "expected a string such as \"15m\" (units h, m, s, ms), found 900"},
-        {"connection_max_age = \"15 minutes\"\n", 1, "connection_max_age",
+        {"connection_max_age = \"15 minutes\"\n",
+         1,
+         "connection_max_age",
          "expected a string such as \"15m\" (units h, m, s, ms), found \"15 minutes\""},
         {"sentry_dsn = false\n", 1, "sentry_dsn", "expected a string, found a boolean"},
-        {"[runners]\n  url = \"x\"\n", 1, "runners",
+        {"[runners]\n  url = \"x\"\n",
+         1,
+         "runners",
          "expected [[runners]] entries (an array of tables), found a table"},
         {"session_server = 1\n", 1, "session_server", "expected a table, found 1"},
         {r + "  id = \"42\"\n", 7, "runners[0].id", "expected an integer, found \"42\""},
         {r + "  limit = \"2\"\n", 7, "runners[0].limit", "expected an integer, found \"2\""},
-        {r + "  request_concurrency = 1.0\n", 7, "runners[0].request_concurrency",
+        {r + "  request_concurrency = 1.0\n",
+         7,
+         "runners[0].request_concurrency",
          "expected an integer, found 1"},
-        {r + "  output_limit = \"4MB\"\n", 7, "runners[0].output_limit", "expected an integer, found \"4MB\""},
-        {r + "  environment = \"A=1\"\n", 7, "runners[0].environment", "expected an array of strings, found \"A=1\""},
-        {r + "  environment = [\"A=1\", 2]\n", 7, "runners[0].environment",
+        {r + "  output_limit = \"4MB\"\n",
+         7,
+         "runners[0].output_limit",
+         "expected an integer, found \"4MB\""},
+        {r + "  environment = \"A=1\"\n",
+         7,
+         "runners[0].environment",
+         "expected an array of strings, found \"A=1\""},
+        {r + "  environment = [\"A=1\", 2]\n",
+         7,
+         "runners[0].environment",
          "expected an array of strings, found an integer at index 1"},
-        {r + "  shell = \"fish\"\n", 7, "runners[0].shell",
+        {r + "  shell = \"fish\"\n",
+         7,
+         "runners[0].shell",
          "expected one of: bash, sh, pwsh, powershell, cmd, found \"fish\""},
-        {r + "  strict_check_interval = \"yes\"\n", 7, "runners[0].strict_check_interval",
+        {r + "  strict_check_interval = \"yes\"\n",
+         7,
+         "runners[0].strict_check_interval",
          "expected true or false, found \"yes\""},
-        {r + "  token_obtained_at = \"yesterday\"\n", 7, "runners[0].token_obtained_at",
+        {r + "  token_obtained_at = \"yesterday\"\n",
+         7,
+         "runners[0].token_obtained_at",
          "expected an RFC 3339 date-time such as 2026-01-02T03:04:05Z, found \"yesterday\""},
-        {r + "  token_expires_at = 2026-01-02\n", 7, "runners[0].token_expires_at",
+        {r + "  token_expires_at = 2026-01-02\n",
+         7,
+         "runners[0].token_expires_at",
          "expected an RFC 3339 date-time such as 2026-01-02T03:04:05Z, found a date"},
-        {r + "  unhealthy_interval = 3600\n", 7, "runners[0].unhealthy_interval",
+        {r + "  unhealthy_interval = 3600\n",
+         7,
+         "runners[0].unhealthy_interval",
          "expected a string such as \"1h30m\" (units h, m, s, ms), found 3600"},
-        {r + "  [runners.feature_flags]\n    FF_USE_FASTZIP = \"true\"\n", 8,
-         "runners[0].feature_flags.FF_USE_FASTZIP", "expected true or false, found \"true\""},
-        {r + "  feature_flags = [\"FF_USE_FASTZIP\"]\n", 7, "runners[0].feature_flags",
+        {r + "  [runners.feature_flags]\n    FF_USE_FASTZIP = \"true\"\n",
+         8,
+         "runners[0].feature_flags.FF_USE_FASTZIP",
+         "expected true or false, found \"true\""},
+        {r + "  feature_flags = [\"FF_USE_FASTZIP\"]\n",
+         7,
+         "runners[0].feature_flags",
          "expected a table of FF_* = true/false, found an array"},
-        {r + "  [runners.custom_build_dir]\n    enabled = 1\n", 8, "runners[0].custom_build_dir.enabled",
+        {r + "  [runners.custom_build_dir]\n    enabled = 1\n",
+         8,
+         "runners[0].custom_build_dir.enabled",
          "expected true or false, found 1"},
-        {r + "  docker = \"alpine\"\n", 7, "runners[0].docker", "expected a table, found \"alpine\""},
+        {r + "  docker = \"alpine\"\n",
+         7,
+         "runners[0].docker",
+         "expected a table, found \"alpine\""},
         {docker + "    image = 3\n", 8, "runners[0].docker.image", "expected a string, found 3"},
-        {docker + "    privileged = \"false\"\n", 8, "runners[0].docker.privileged",
+        {docker + "    privileged = \"false\"\n",
+         8,
+         "runners[0].docker.privileged",
          "expected true or false, found \"false\""},
-        {docker + "    volumes = \"/cache\"\n", 8, "runners[0].docker.volumes",
+        {docker + "    volumes = \"/cache\"\n",
+         8,
+         "runners[0].docker.volumes",
          "expected an array of strings, found \"/cache\""},
-        {docker + "    pull_policy = \"sometimes\"\n", 8, "runners[0].docker.pull_policy",
+        {docker + "    pull_policy = \"sometimes\"\n",
+         8,
+         "runners[0].docker.pull_policy",
          "expected one of: always, if-not-present, never, found \"sometimes\""},
-        {docker + "    pull_policy = 1\n", 8, "runners[0].docker.pull_policy",
+        {docker + "    pull_policy = 1\n",
+         8,
+         "runners[0].docker.pull_policy",
          "expected a string or an array of strings, found 1"},
-        {docker + "    memory = \"2 gigs\"\n", 8, "runners[0].docker.memory",
+        {docker + "    memory = \"2 gigs\"\n",
+         8,
+         "runners[0].docker.memory",
          "expected a size string such as \"512m\" or \"2g\", found \"2 gigs\""},
-        {docker + "    memory = 2048\n", 8, "runners[0].docker.memory",
+        {docker + "    memory = 2048\n",
+         8,
+         "runners[0].docker.memory",
          "expected a size string such as \"512m\" or \"2g\", found 2048"},
-        {docker + "    cpus = 2\n", 8, "runners[0].docker.cpus",
+        {docker + "    cpus = 2\n",
+         8,
+         "runners[0].docker.cpus",
          "expected a string with a number of CPUs such as \"1.5\", found 2"},
-        {docker + "    shm_size = -1\n", 8, "runners[0].docker.shm_size", "expected an integer ≥ 0, found -1"},
-        {docker + "    tmpfs = [\"/tmp\"]\n", 8, "runners[0].docker.tmpfs",
+        {docker + "    shm_size = -1\n",
+         8,
+         "runners[0].docker.shm_size",
+         "expected an integer ≥ 0, found -1"},
+        {docker + "    tmpfs = [\"/tmp\"]\n",
+         8,
+         "runners[0].docker.tmpfs",
          "expected a table of strings, e.g. { \"/tmp\" = \"rw\" }, found an array"},
-        {docker + "    [runners.docker.sysctls]\n      \"net.core.somaxconn\" = 1024\n", 9,
-         "runners[0].docker.sysctls.\"net.core.somaxconn\"", "expected a string, found 1024"},
-        {docker + "    gomemlimit_ratio = 1.5\n", 8, "runners[0].docker.gomemlimit_ratio",
+        {docker + "    [runners.docker.sysctls]\n      \"net.core.somaxconn\" = 1024\n",
+         9,
+         "runners[0].docker.sysctls.\"net.core.somaxconn\"",
+         "expected a string, found 1024"},
+        {docker + "    gomemlimit_ratio = 1.5\n",
+         8,
+         "runners[0].docker.gomemlimit_ratio",
          "expected a number greater than 0 and at most 1, such as 0.9, found 1.5"},
-        {docker + "    [[runners.docker.services]]\n      alias = \"db\"\n", 8,
-         "runners[0].docker.services[0].name", "required key is missing or empty"},
-        {r + "  [runners.cache]\n    Type = \"redis\"\n", 8, "runners[0].cache.Type",
+        {docker + "    [[runners.docker.services]]\n      alias = \"db\"\n",
+         8,
+         "runners[0].docker.services[0].name",
+         "required key is missing or empty"},
+        {r + "  [runners.cache]\n    Type = \"redis\"\n",
+         8,
+         "runners[0].cache.Type",
          "expected one of: s3, gcs, azure, found \"redis\""},
-        {r + "  [runners.cache]\n    Shared = \"yes\"\n", 8, "runners[0].cache.Shared",
+        {r + "  [runners.cache]\n    Shared = \"yes\"\n",
+         8,
+         "runners[0].cache.Shared",
          "expected true or false, found \"yes\""},
-        {r + "  [runners.cache]\n    MaxUploadedArchiveSize = \"1G\"\n", 8, "runners[0].cache.MaxUploadedArchiveSize",
+        {r + "  [runners.cache]\n    MaxUploadedArchiveSize = \"1G\"\n",
+         8,
+         "runners[0].cache.MaxUploadedArchiveSize",
          "expected an integer ≥ 0, found \"1G\""},
-        {r + "  [runners.cache]\n    [runners.cache.s3]\n      Insecure = \"false\"\n", 9,
-         "runners[0].cache.s3.Insecure", "expected true or false, found \"false\""},
-        {r + "  [runners.cache]\n    [runners.cache.s3]\n      AuthenticationType = \"password\"\n", 9,
-         "runners[0].cache.s3.AuthenticationType", "expected one of: iam, access-key, found \"password\""},
+        {r + "  [runners.cache]\n    [runners.cache.s3]\n      Insecure = \"false\"\n",
+         9,
+         "runners[0].cache.s3.Insecure",
+         "expected true or false, found \"false\""},
+        {r + "  [runners.cache]\n    [runners.cache.s3]\n      AuthenticationType = \"password\"\n",
+         9,
+         "runners[0].cache.s3.AuthenticationType",
+         "expected one of: iam, access-key, found \"password\""},
     };
     for (const auto& c : cases) {
         CAPTURE(c.text);
@@ -840,14 +952,17 @@ bogus = 1
     imagee = "x"
 )");
     CHECK_FALSE(r.ok());
-    CHECK(keys_of(r.diagnostics) == std::vector<std::string>{
-                                        "concurrent",
-                                        "log_format",
-                                        "bogus",
-                                        "runners[0].limit",
-                                        "runners[1].docker.privileged",
-                                        "runners[1].docker.imagee",
-                                    });
+    CHECK(
+        keys_of(r.diagnostics) ==
+        std::vector<std::string>{
+            "concurrent",
+            "log_format",
+            "bogus",
+            "runners[0].limit",
+            "runners[1].docker.privileged",
+            "runners[1].docker.imagee",
+        }
+    );
     CHECK(r.errors().size() == 4);
     CHECK(r.warnings().size() == 2);
 }
@@ -878,8 +993,10 @@ TEST_CASE("diagnostic::to_string is one line in compiler style", "[config][loade
     d.line = 12;
     d.key = "runners[0].docker.memroy";
     d.message = "unknown key (did you mean \"memory\"?)";
-    CHECK(d.to_string() ==
-          "config.toml:12: warning: runners[0].docker.memroy: unknown key (did you mean \"memory\"?)");
+    CHECK(
+        d.to_string() ==
+        "config.toml:12: warning: runners[0].docker.memroy: unknown key (did you mean \"memory\"?)"
+    );
     d.severity = diagnostic::level::error;
     d.line = 0;
     d.key.clear();
@@ -891,11 +1008,16 @@ TEST_CASE("load_config_file reports a missing file as an error", "[config][loade
     auto r = load_config_file("/nonexistent/kiln/config.toml");
     CHECK_FALSE(r.ok());
     REQUIRE(r.diagnostics.size() == 1);
-    CHECK(r.diagnostics[0].to_string() ==
-          "/nonexistent/kiln/config.toml: error: cannot read the file: No such file or directory");
+    CHECK(
+        r.diagnostics[0].to_string() ==
+        "/nonexistent/kiln/config.toml: error: cannot read the file: No such file or directory"
+    );
 }
 
-TEST_CASE("the fixture configs load with no errors and only the expected warnings", "[config][loader][fixtures]") {
+TEST_CASE(
+    "the fixture configs load with no errors and only the expected warnings",
+    "[config][loader][fixtures]"
+) {
     // Warnings are allowed only for settings kiln deliberately ignores.
     const std::map<std::string, std::vector<std::string>> expected_warnings{
         {"register_shell.toml", {}},
@@ -973,6 +1095,8 @@ TEST_CASE("the fixture configs load into the expected model", "[config][loader][
         CHECK(s.runners[1].docker->gomemlimit_ratio == Approx(0.85));
         CHECK(s.runners[3].executor == "shell");
         CHECK(s.runners[3].unhealthy_interval == 30min);
-        CHECK(s.runners[3].tls_ca_file == "/etc/gitlab-runner/certs/gitlab.internal.example.com.crt");
+        CHECK(
+            s.runners[3].tls_ca_file == "/etc/gitlab-runner/certs/gitlab.internal.example.com.crt"
+        );
     }
 }

@@ -67,7 +67,9 @@ struct temp_dir {
     fs::path path;
 };
 
-load_result reload(const config_document& doc) { return parse_config(doc.to_toml(), "written.toml"); }
+load_result reload(const config_document& doc) {
+    return parse_config(doc.to_toml(), "written.toml");
+}
 
 std::string dump(const load_result& r) {
     std::string out;
@@ -139,7 +141,9 @@ check_interval = 0
     CHECK(r.value->runners.at(0) == shell_runner());
 }
 
-TEST_CASE("add_runner writes a docker runner with register's [runners.docker] keys", "[config][writer]") {
+TEST_CASE(
+    "add_runner writes a docker runner with register's [runners.docker] keys", "[config][writer]"
+) {
     config_document doc;
     doc.add_runner(docker_runner());
     CHECK(doc.to_toml() == R"(concurrent = 1
@@ -276,7 +280,9 @@ TEST_CASE("every modelled runner setting survives add_runner and a reload", "[co
     d.hostname = "builder";
     d.runtime = "runc";
     d.wait_for_services_timeout = -1;
-    d.services = {{"postgres:16", "db", {"entry.sh"}, {"postgres", "-c", "x=y"}, {"A=1"}}, {"redis:7", "", {}, {}, {}}};
+    d.services = {
+        {"postgres:16", "db", {"entry.sh"}, {"postgres", "-c", "x=y"}, {"A=1"}},
+        {"redis:7", "", {}, {}, {}}};
     d.services_limit = 2;
     d.helper_image = "helper:latest";
     d.helper_image_flavor = "ubuntu";
@@ -324,12 +330,14 @@ TEST_CASE("editing keeps globals, other runners and keys kiln does not model", "
     REQUIRE(before.ok());
 
     auto doc = config_document::parse(text, "multi_runner.toml");
-    CHECK(doc.replace_token(
-              "glrt-t2_WorkerModuleToken0002",
-              "glrt-t2_RotatedWorkerToken999",
-              "2026-01-02T03:04:05Z",
-              std::optional<std::string>("2026-04-02T03:04:05Z")
-          ) == 1);
+    CHECK(
+        doc.replace_token(
+            "glrt-t2_WorkerModuleToken0002",
+            "glrt-t2_RotatedWorkerToken999",
+            "2026-01-02T03:04:05Z",
+            std::optional<std::string>("2026-04-02T03:04:05Z")
+        ) == 1
+    );
     const std::string written = doc.to_toml();
     const auto after = parse_config(written, "written.toml");
     INFO(written);
@@ -346,12 +354,18 @@ TEST_CASE("editing keeps globals, other runners and keys kiln does not model", "
     CHECK(*after.value == expected);
 
     // Not in the model, but still in the file.
-    CHECK(written.find("[session_server]\n  listen_address = \"[::]:8093\"\n") != std::string::npos);
-    CHECK(written.find("advertise_address = \"ci-build-07.example.com:8093\"") != std::string::npos);
+    CHECK(
+        written.find("[session_server]\n  listen_address = \"[::]:8093\"\n") != std::string::npos
+    );
+    CHECK(
+        written.find("advertise_address = \"ci-build-07.example.com:8093\"") != std::string::npos
+    );
     // Token times stay TOML date-times, in place.
-    CHECK(written.find("  token = \"glrt-t2_RotatedWorkerToken999\"\n"
-                       "  token_obtained_at = 2026-01-02T03:04:05Z\n"
-                       "  token_expires_at = 2026-04-02T03:04:05Z\n") != std::string::npos);
+    CHECK(
+        written.find("  token = \"glrt-t2_RotatedWorkerToken999\"\n"
+                     "  token_obtained_at = 2026-01-02T03:04:05Z\n"
+                     "  token_expires_at = 2026-04-02T03:04:05Z\n") != std::string::npos
+    );
 }
 
 TEST_CASE("keys kiln does not know are kept through an edit", "[config][writer]") {
@@ -433,7 +447,9 @@ TEST_CASE("replace_token changes only entries with that token", "[config][writer
     doc.add_runner(a);
     doc.add_runner(b);
     CHECK(doc.replace_token("glrt-missing", "x", "2026-01-02T03:04:05Z", std::nullopt) == 0);
-    CHECK(doc.replace_token(a.token, "glrt-new", "2026-02-03T04:05:06Z", "2026-05-03T04:05:06Z") == 1);
+    CHECK(
+        doc.replace_token(a.token, "glrt-new", "2026-02-03T04:05:06Z", "2026-05-03T04:05:06Z") == 1
+    );
     auto r = reload(doc);
     REQUIRE(r.ok());
     CHECK(r.value->runners[0].token == "glrt-new");
@@ -442,9 +458,14 @@ TEST_CASE("replace_token changes only entries with that token", "[config][writer
     CHECK(r.value->runners[1] == b);
 }
 
-TEST_CASE("open gives a new document for a missing file and throws on bad TOML", "[config][writer]") {
+TEST_CASE(
+    "open gives a new document for a missing file and throws on bad TOML", "[config][writer]"
+) {
     temp_dir dir;
-    CHECK(config_document::open(dir.path / "missing.toml").to_toml() == "concurrent = 1\ncheck_interval = 0\n");
+    CHECK(
+        config_document::open(dir.path / "missing.toml").to_toml() ==
+        "concurrent = 1\ncheck_interval = 0\n"
+    );
 
     write_file(dir.path / "bad.toml", "concurrent = 1\nconcurrent = = 2\n");
     const std::string prefix = (dir.path / "bad.toml").string() + ":2:";
@@ -501,7 +522,9 @@ TEST_CASE("save replaces an existing file atomically and makes it 0600", "[confi
     CHECK(entries_of(dir.path) == std::vector<std::string>{"config.toml"});
 }
 
-TEST_CASE("a failed save throws naming the path and leaves the old file alone", "[config][writer]") {
+TEST_CASE(
+    "a failed save throws naming the path and leaves the old file alone", "[config][writer]"
+) {
     temp_dir dir;
     config_document doc;
 
@@ -530,7 +553,9 @@ TEST_CASE("a failed save throws naming the path and leaves the old file alone", 
             CHECK(std::string(e.what()).rfind("cannot write " + path.string() + ": ", 0) == 0);
         }
         CHECK(read_file(path / "inside") == "old");
-        CHECK(entries_of(dir.path) == std::vector<std::string>{"config.toml"});  // no temp file left
+        CHECK(
+            entries_of(dir.path) == std::vector<std::string>{"config.toml"}
+        );  // no temp file left
     }
 }
 
@@ -551,7 +576,11 @@ TEST_CASE("save through a symlink replaces the file it points to", "[config][wri
 TEST_CASE("token times from GitLab's API are written as TOML date-times", "[config][writer]") {
     config_document doc;
     doc.add_runner(shell_runner());
-    CHECK(doc.replace_token(shell_runner().token, "glrt-new", "2026-02-03T04:05:06Z", "2026-05-03T04:05:06.000Z") == 1);
+    CHECK(
+        doc.replace_token(
+            shell_runner().token, "glrt-new", "2026-02-03T04:05:06Z", "2026-05-03T04:05:06.000Z"
+        ) == 1
+    );
     CHECK(doc.to_toml().find("  token_expires_at = 2026-05-03T04:05:06Z\n") != std::string::npos);
 }
 
@@ -565,7 +594,8 @@ TEST_CASE("a token time that is not RFC 3339 is refused and nothing changes", "[
     CHECK_THROWS_AS(doc.add_runner(bad), std::invalid_argument);
     CHECK_THROWS_WITH(
         doc.replace_token(shell_runner().token, "glrt-new", "2026/01/02", std::nullopt),
-        "token_obtained_at: \"2026/01/02\" is not an RFC 3339 date-time such as 2026-01-02T03:04:05Z"
+        "token_obtained_at: \"2026/01/02\" is not an RFC 3339 date-time such as "
+        "2026-01-02T03:04:05Z"
     );
     CHECK(doc.to_toml() == before);
 }
