@@ -92,10 +92,7 @@ void read(const json& obj, std::string_view key, std::string_view path, std::int
 }
 
 void read(
-    const json& obj,
-    std::string_view key,
-    std::string_view path,
-    std::optional<std::int64_t>& out
+    const json& obj, std::string_view key, std::string_view path, std::optional<std::int64_t>& out
 ) {
     if (const json* v = member(obj, key)) {
         auto i = as_int64(*v);
@@ -107,10 +104,7 @@ void read(
 }
 
 void read(
-    const json& obj,
-    std::string_view key,
-    std::string_view path,
-    std::vector<std::string>& out
+    const json& obj, std::string_view key, std::string_view path, std::vector<std::string>& out
 ) {
     const json* v = member(obj, key);
     if (!v) {
@@ -145,11 +139,7 @@ const json* object_member(const json& obj, std::string_view key, std::string_vie
 /// skipped (GitLab never sends them; a zero-valued entry would only mislead later stages).
 template <class T, class F>
 void read_objects(
-    const json& obj,
-    std::string_view key,
-    std::string_view path,
-    std::vector<T>& out,
-    F parse_one
+    const json& obj, std::string_view key, std::string_view path, std::vector<T>& out, F parse_one
 ) {
     const json* v = member(obj, key);
     if (!v) {
@@ -355,29 +345,41 @@ void parse_body(const json& root, job_spec& job) {
         return c;
     });
 
-    read_objects(root, "credentials", "", job.credentials, [](const json& j, const std::string& at) {
-        registry_credential c;
-        read(j, "type", at, c.type);
-        read(j, "url", at, c.url);
-        read(j, "username", at, c.username);
-        read(j, "password", at, c.password);
-        return c;
-    });
-
-    read_objects(root, "dependencies", "", job.dependencies, [](const json& j, const std::string& at) {
-        job_dependency d;
-        read(j, "id", at, d.id);
-        read(j, "name", at, d.name);
-        read(j, "token", at, d.token);
-        if (const json* af = object_member(j, "artifacts_file", at)) {
-            const std::string p = child(at, "artifacts_file");
-            artifacts_file f;
-            read(*af, "filename", p, f.filename);
-            read(*af, "size", p, f.size);
-            d.artifacts = std::move(f);
+    read_objects(
+        root,
+        "credentials",
+        "",
+        job.credentials,
+        [](const json& j, const std::string& at) {
+            registry_credential c;
+            read(j, "type", at, c.type);
+            read(j, "url", at, c.url);
+            read(j, "username", at, c.username);
+            read(j, "password", at, c.password);
+            return c;
         }
-        return d;
-    });
+    );
+
+    read_objects(
+        root,
+        "dependencies",
+        "",
+        job.dependencies,
+        [](const json& j, const std::string& at) {
+            job_dependency d;
+            read(j, "id", at, d.id);
+            read(j, "name", at, d.name);
+            read(j, "token", at, d.token);
+            if (const json* af = object_member(j, "artifacts_file", at)) {
+                const std::string p = child(at, "artifacts_file");
+                artifacts_file f;
+                read(*af, "filename", p, f.filename);
+                read(*af, "size", p, f.size);
+                d.artifacts = std::move(f);
+            }
+            return d;
+        }
+    );
 
     if (const json* f = object_member(root, "features", "")) {
         read(*f, "trace_sections", "features", job.features.trace_sections);
@@ -443,13 +445,14 @@ payload_result parse_job_payload(std::string_view text) {
         parse_body(root, job);
     } catch (const bad_field& f) {
         return payload_error{
-            f.path, "job payload: field \"" + f.path + "\" " + f.expectation, job.id, job.token
-        };
+            f.path, "job payload: field \"" + f.path + "\" " + f.expectation, job.id, job.token};
     }
     return job;
 }
 
-const job_variable* find_variable(const std::vector<job_variable>& variables, std::string_view key) {
+const job_variable* find_variable(
+    const std::vector<job_variable>& variables, std::string_view key
+) {
     for (auto it = variables.rbegin(); it != variables.rend(); ++it) {
         if (it->key == key) {
             return &*it;
@@ -462,8 +465,6 @@ bool when_on_success(std::string_view when) {
     return when.empty() || when == "on_success" || when == "always";
 }
 
-bool when_on_failure(std::string_view when) {
-    return when == "on_failure" || when == "always";
-}
+bool when_on_failure(std::string_view when) { return when == "on_failure" || when == "always"; }
 
 }  // namespace kiln::gitlab

@@ -1,5 +1,5 @@
 #pragma once
-// The job GitLab hands out in the 201 body of POST /jobs/request (protocol.md §4), as plain values.
+// The job GitLab hands out in the 201 body of POST /jobs/request (protocol.md §4), as values.
 
 #include <cstdint>
 #include <optional>
@@ -53,7 +53,7 @@ struct runner_info_section {
 
 struct job_variable {
     std::string key;
-    std::string value;  // null in the payload becomes ""
+    std::string value;       // null in the payload becomes ""
     bool is_public = false;  // JSON key "public"
     bool masked = false;
     bool file = false;
@@ -81,7 +81,7 @@ struct image_port {
 
 struct executor_options {
     std::string docker_platform;
-    std::string docker_user;      // an integer user id arrives as a number; kept as its decimal text
+    std::string docker_user;  // an integer user id arrives as a number; kept as its decimal text
     std::string kubernetes_user;  // same
     /// Option names the runner does not know ("docker.foo", "podman"). gitlab-runner fails the
     /// job (runner_system_failure) when this is not empty rather than ignoring them.
@@ -135,7 +135,7 @@ struct artifacts_file {
 struct job_dependency {
     std::int64_t id = 0;
     std::string name;
-    std::string token;  // current GitLab: the running job's own token
+    std::string token;                        // current GitLab: the running job's own token
     std::optional<artifacts_file> artifacts;  // absent when the dependency has no archive
 };
 
@@ -175,7 +175,9 @@ struct payload_error {
 };
 
 /// Lets boost::system::result<T, payload_error>::value() throw; found by ADL.
-[[noreturn]] void throw_exception_from_error(const payload_error& e, const boost::source_location& loc);
+[[noreturn]] void throw_exception_from_error(
+    const payload_error& e, const boost::source_location& loc
+);
 
 using payload_result = boost::system::result<job_spec, payload_error>;
 

@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <charconv>
+#include <limits>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -55,9 +56,7 @@ std::string one_line(std::string_view text) {
     return out;
 }
 
-std::string json_text(const json& v) {
-    return v.is_string() ? v.get<std::string>() : v.dump();
-}
+std::string json_text(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
 // Grape validation errors: {"field": ["msg", ...], ...}.
 std::string field_messages(const json& fields) {
@@ -153,6 +152,13 @@ std::optional<std::int64_t> id_member(const json& obj) {
     if (it == obj.end() || it->is_null()) {
         return 0;
     }
+    if (it->is_number_unsigned()) {
+        auto u = it->get<std::uint64_t>();
+        if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+            return std::nullopt;
+        }
+        return static_cast<std::int64_t>(u);
+    }
     if (it->is_number_integer()) {
         return it->get<std::int64_t>();
     }
@@ -239,34 +245,34 @@ register_result map_register_response(const net::http_response& r) {
     register_result out;
     out.http_status = r.status;
     switch (r.status) {
-    case 201: {
-        auto d = decode_object(r);
-        if (!d.problem.empty()) {
-            out.message = d.problem;
+        case 201: {
+            auto d = decode_object(r);
+            if (!d.problem.empty()) {
+                out.message = d.problem;
+                return out;
+            }
+            auto id = id_member(d.value);
+            out.runner.token = string_member(d.value, "token");
+            if (!id || out.runner.token.empty()) {
+                out.message = "registration response lacks an integer id or a token";
+                return out;
+            }
+            out.runner.id = *id;
+            out.runner.token_expires_at = string_member(d.value, "token_expires_at");
+            out.status = register_status::registered;
             return out;
         }
-        auto id = id_member(d.value);
-        out.runner.token = string_member(d.value, "token");
-        if (!id || out.runner.token.empty()) {
-            out.message = "registration response lacks an integer id or a token";
-            return out;
-        }
-        out.runner.id = *id;
-        out.runner.token_expires_at = string_member(d.value, "token_expires_at");
-        out.status = register_status::registered;
-        return out;
-    }
-    case 400:
-        out.status = register_status::bad_request;
-        break;
-    case 403:
-        out.status = register_status::forbidden;
-        break;
-    case 410:
-        out.status = register_status::disallowed;
-        break;
-    default:
-        break;
+        case 400:
+            out.status = register_status::bad_request;
+            break;
+        case 403:
+            out.status = register_status::forbidden;
+            break;
+        case 410:
+            out.status = register_status::disallowed;
+            break;
+        default:
+            break;
     }
     out.message = error_summary(r.body);
     return out;
@@ -276,34 +282,34 @@ verify_result map_verify_response(const net::http_response& r) {
     verify_result out;
     out.http_status = r.status;
     switch (r.status) {
-    case 200: {
-        auto d = decode_object(r);
-        if (!d.problem.empty()) {
-            // Old GitLab answers a plain "200"; gitlab-runner re-sends without decoding and
-            // accepts it, so any 200 we cannot decode counts as valid without id or expiry.
+        case 200: {
+            auto d = decode_object(r);
+            if (!d.problem.empty()) {
+                // Old GitLab answers a plain "200"; gitlab-runner re-sends without decoding and
+                // accepts it, so any 200 we cannot decode counts as valid without id or expiry.
+                out.status = verify_status::valid;
+                out.legacy_response = true;
+                return out;
+            }
+            auto id = id_member(d.value);
+            if (!id || *id == 0) {
+                out.message = "GitLab did not return a runner id";
+                return out;
+            }
+            out.runner.id = *id;
+            out.runner.token = string_member(d.value, "token");
+            out.runner.token_expires_at = string_member(d.value, "token_expires_at");
             out.status = verify_status::valid;
-            out.legacy_response = true;
             return out;
         }
-        auto id = id_member(d.value);
-        if (!id || *id == 0) {
-            out.message = "GitLab did not return a runner id";
-            return out;
-        }
-        out.runner.id = *id;
-        out.runner.token = string_member(d.value, "token");
-        out.runner.token_expires_at = string_member(d.value, "token_expires_at");
-        out.status = verify_status::valid;
-        return out;
-    }
-    case 403:
-        out.status = verify_status::forbidden;
-        break;
-    case 422:
-        out.status = verify_status::unprocessable;
-        break;
-    default:
-        break;
+        case 403:
+            out.status = verify_status::forbidden;
+            break;
+        case 422:
+            out.status = verify_status::unprocessable;
+            break;
+        default:
+            break;
     }
     out.message = error_summary(r.body);
     return out;
@@ -315,20 +321,20 @@ unregister_result map_delete(const net::http_response& r, bool not_found_known) 
     unregister_result out;
     out.http_status = r.status;
     switch (r.status) {
-    case 204:
-        out.status = unregister_status::unregistered;
-        return out;
-    case 400:
-        out.status = unregister_status::bad_request;
-        break;
-    case 403:
-        out.status = unregister_status::forbidden;
-        break;
-    case 404:
-        out.status = not_found_known ? unregister_status::not_found : unregister_status::failed;
-        break;
-    default:
-        break;
+        case 204:
+            out.status = unregister_status::unregistered;
+            return out;
+        case 400:
+            out.status = unregister_status::bad_request;
+            break;
+        case 403:
+            out.status = unregister_status::forbidden;
+            break;
+        case 404:
+            out.status = not_found_known ? unregister_status::not_found : unregister_status::failed;
+            break;
+        default:
+            break;
     }
     out.message = error_summary(r.body);
     return out;
@@ -348,29 +354,29 @@ reset_token_result map_reset_token_response(const net::http_response& r) {
     reset_token_result out;
     out.http_status = r.status;
     switch (r.status) {
-    case 201: {
-        auto d = decode_object(r);
-        if (!d.problem.empty()) {
-            out.message = d.problem;
+        case 201: {
+            auto d = decode_object(r);
+            if (!d.problem.empty()) {
+                out.message = d.problem;
+                return out;
+            }
+            out.token = string_member(d.value, "token");
+            if (out.token.empty()) {
+                out.message = "reset token response lacks a token";
+                return out;
+            }
+            out.token_expires_at = string_member(d.value, "token_expires_at");
+            out.status = reset_token_status::reset;
             return out;
         }
-        out.token = string_member(d.value, "token");
-        if (out.token.empty()) {
-            out.message = "reset token response lacks a token";
-            return out;
-        }
-        out.token_expires_at = string_member(d.value, "token_expires_at");
-        out.status = reset_token_status::reset;
-        return out;
-    }
-    case 403:
-        out.status = reset_token_status::forbidden;
-        break;
-    case 422:
-        out.status = reset_token_status::unprocessable;
-        break;
-    default:
-        break;
+        case 403:
+            out.status = reset_token_status::forbidden;
+            break;
+        case 422:
+            out.status = reset_token_status::unprocessable;
+            break;
+        default:
+            break;
     }
     out.message = error_summary(r.body);
     return out;
@@ -385,39 +391,39 @@ request_job_result map_request_job_response(const net::http_response& r) {
         out.last_update = std::string(trim(*lu));
     }
     switch (r.status) {
-    case 201: {
-        auto parsed = parse_job_payload(r.body);
-        if (!is_json_content_type(r.headers)) {
-            out.status = request_job_status::invalid_job;
-            payload_error e;
-            e.message = "jobs/request: 201 response is not application/json (Content-Type: \"" +
-                        r.headers.get("Content-Type").value_or("") + "\")";
-            if (parsed) {
-                e.job_id = parsed->id;
-                e.job_token = parsed->token;
+        case 201: {
+            auto parsed = parse_job_payload(r.body);
+            if (!is_json_content_type(r.headers)) {
+                out.status = request_job_status::invalid_job;
+                payload_error e;
+                e.message = "jobs/request: 201 response is not application/json (Content-Type: \"" +
+                            r.headers.get("Content-Type").value_or("") + "\")";
+                if (parsed) {
+                    e.job_id = parsed->id;
+                    e.job_token = parsed->token;
+                }
+                out.payload_problem = std::move(e);
+                out.message = out.payload_problem->message;
+                return out;
             }
-            out.payload_problem = std::move(e);
-            out.message = out.payload_problem->message;
+            if (!parsed) {
+                out.status = request_job_status::invalid_job;
+                out.payload_problem = parsed.error();
+                out.message = parsed.error().message;
+                return out;
+            }
+            out.status = request_job_status::job_received;
+            out.job = std::move(*parsed);
             return out;
         }
-        if (!parsed) {
-            out.status = request_job_status::invalid_job;
-            out.payload_problem = parsed.error();
-            out.message = parsed.error().message;
+        case 204:
+            out.status = request_job_status::no_job;
             return out;
-        }
-        out.status = request_job_status::job_received;
-        out.job = std::move(*parsed);
-        return out;
-    }
-    case 204:
-        out.status = request_job_status::no_job;
-        return out;
-    case 403:
-        out.status = request_job_status::forbidden;
-        break;
-    default:
-        break;
+        case 403:
+            out.status = request_job_status::forbidden;
+            break;
+        default:
+            break;
     }
     out.message = error_summary(r.body);
     return out;
@@ -435,27 +441,29 @@ update_result map_update_response(const net::http_response& r) {
         return out;
     }
     switch (r.status) {
-    case 200:
-        out.status = update_status::succeeded;
-        break;
-    case 202:
-        out.status = update_status::accepted;
-        break;
-    case 403:
-    case 404:
-        out.status = update_status::abort;
-        break;
-    case 412:
-        out.status = update_status::trace_validation_failed;
-        break;
-    default:
-        out.status = update_status::failed;
-        break;
+        case 200:
+            out.status = update_status::succeeded;
+            break;
+        case 202:
+            out.status = update_status::accepted;
+            break;
+        case 403:
+        case 404:
+            out.status = update_status::abort;
+            break;
+        case 412:
+            out.status = update_status::trace_validation_failed;
+            break;
+        default:
+            out.status = update_status::failed;
+            break;
     }
     return out;
 }
 
-patch_result map_patch_response(const net::http_response& r, std::int64_t start, std::int64_t length) {
+patch_result map_patch_response(
+    const net::http_response& r, std::int64_t start, std::int64_t length
+) {
     patch_result out;
     out.http_status = r.status;
     out.new_offset = start;
@@ -467,27 +475,29 @@ patch_result map_patch_response(const net::http_response& r, std::int64_t start,
         return out;
     }
     switch (r.status) {
-    case 202:
-        // gitlab-runner ignores Range on success; what was sent is what was appended.
-        out.status = patch_status::succeeded;
-        out.new_offset = start + length;
-        break;
-    case 404:
-        out.status = patch_status::not_found;
-        break;
-    case 416: {
-        // GitLab's Range "0-<length>" is authoritative, and its end is exclusive (a byte count).
-        // Unparsable means 0 as in gitlab-runner: resending from 0 earns a 416 with a usable Range.
-        out.status = patch_status::range_mismatch;
-        std::string range = r.headers.get("Range").value_or("");
-        auto dash = range.find('-');
-        auto end = dash == std::string::npos ? std::nullopt : parse_int64(range.substr(dash + 1));
-        out.new_offset = end && *end >= 0 ? *end : 0;
-        break;
-    }
-    default:
-        out.status = patch_status::failed;
-        break;
+        case 202:
+            // gitlab-runner ignores Range on success; what was sent is what was appended.
+            out.status = patch_status::succeeded;
+            out.new_offset = start + length;
+            break;
+        case 404:
+            out.status = patch_status::not_found;
+            break;
+        case 416: {
+            // GitLab's Range "0-<length>" is authoritative, and its end is exclusive (a byte
+            // count). Unparsable means 0 as in gitlab-runner: resending from 0 earns a 416 with a
+            // usable Range.
+            out.status = patch_status::range_mismatch;
+            std::string range = r.headers.get("Range").value_or("");
+            auto dash = range.find('-');
+            auto end =
+                dash == std::string::npos ? std::nullopt : parse_int64(range.substr(dash + 1));
+            out.new_offset = end && *end >= 0 ? *end : 0;
+            break;
+        }
+        default:
+            out.status = patch_status::failed;
+            break;
     }
     return out;
 }
@@ -496,28 +506,28 @@ upload_result map_upload_response(const net::http_response& r) {
     upload_result out;
     out.http_status = r.status;
     switch (r.status) {
-    case 201:
-        out.status = upload_status::succeeded;
-        return out;
-    case 307:
-        out.new_base_url = base_of(r.headers.get("Location").value_or(""));
-        if (!out.new_base_url.empty()) {
-            out.status = upload_status::redirected;
+        case 201:
+            out.status = upload_status::succeeded;
             return out;
-        }
-        out.message = "307 without an absolute http(s) Location";
-        return out;
-    case 403:
-        out.status = upload_status::forbidden;
-        break;
-    case 413:
-        out.status = upload_status::too_large;
-        break;
-    case 503:
-        out.status = upload_status::unavailable;
-        break;
-    default:
-        break;
+        case 307:
+            out.new_base_url = base_of(r.headers.get("Location").value_or(""));
+            if (!out.new_base_url.empty()) {
+                out.status = upload_status::redirected;
+                return out;
+            }
+            out.message = "307 without an absolute http(s) Location";
+            return out;
+        case 403:
+            out.status = upload_status::forbidden;
+            break;
+        case 413:
+            out.status = upload_status::too_large;
+            break;
+        case 503:
+            out.status = upload_status::unavailable;
+            break;
+        default:
+            break;
     }
     out.message = error_summary(r.body);
     return out;
@@ -527,27 +537,27 @@ download_result map_download_response(const net::http_response& r) {
     download_result out;
     out.http_status = r.status;
     switch (r.status) {
-    case 200:
-        out.status = download_status::succeeded;
-        return out;
-    case 302:
-    case 307:
-        out.location = std::string(trim(r.headers.get("Location").value_or("")));
-        if (!out.location.empty()) {
-            out.status = download_status::redirected;
+        case 200:
+            out.status = download_status::succeeded;
             return out;
-        }
-        out.message = std::to_string(r.status) + " without a Location";
-        return out;
-    case 401:
-    case 403:
-        out.status = download_status::forbidden;
-        break;
-    case 404:
-        out.status = download_status::not_found;
-        break;
-    default:
-        break;
+        case 302:
+        case 307:
+            out.location = std::string(trim(r.headers.get("Location").value_or("")));
+            if (!out.location.empty()) {
+                out.status = download_status::redirected;
+                return out;
+            }
+            out.message = std::to_string(r.status) + " without a Location";
+            return out;
+        case 401:
+        case 403:
+            out.status = download_status::forbidden;
+            break;
+        case 404:
+            out.status = download_status::not_found;
+            break;
+        default:
+            break;
     }
     out.message = error_summary(r.body);
     return out;

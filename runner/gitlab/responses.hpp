@@ -67,7 +67,7 @@ enum class verify_status {
 
 struct verify_result {
     verify_status status = verify_status::failed;
-    runner_token runner;  // id/token/expiry when GitLab sent JSON
+    runner_token runner;           // id/token/expiry when GitLab sent JSON
     bool legacy_response = false;  // old GitLab: 200 without a JSON body, so no id or expiry
     int http_status = 0;
     std::string message;
@@ -180,7 +180,9 @@ struct patch_result {
 };
 
 /// `start` and `length` describe the chunk that was sent (Content-Range start-(start+length-1)).
-patch_result map_patch_response(const net::http_response& r, std::int64_t start, std::int64_t length);
+patch_result map_patch_response(
+    const net::http_response& r, std::int64_t start, std::int64_t length
+);
 
 // ---- POST /jobs/:id/artifacts ------------------------------------------------------------------
 

@@ -43,15 +43,15 @@ double capped_exponential(int attempt, double base_ms, double cap_ms) {
 
 bool is_retriable_status(int status) {
     switch (status) {
-    case 408:
-    case 429:
-    case 500:
-    case 502:
-    case 503:
-    case 504:
-        return true;
-    default:
-        return status >= 512;
+        case 408:
+        case 429:
+        case 500:
+        case 502:
+        case 503:
+        case 504:
+            return true;
+        default:
+            return status >= 512;
     }
 }
 
@@ -61,10 +61,10 @@ bool should_retry(int status, int attempts_made) {
 
 std::optional<std::chrono::system_clock::time_point> parse_rfc1123_date(std::string_view t) {
     // Go's time.RFC1123 layout "Mon, 02 Jan 2006 15:04:05 MST": fixed widths, a zone name.
-    static constexpr std::array<std::string_view, 7> days{"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
+    static constexpr std::array<std::string_view, 7> days{
+        "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
     static constexpr std::array<std::string_view, 12> months{
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"
-    };
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
     if (t.size() < 29 || t.substr(3, 2) != ", " || t[7] != ' ' || t[11] != ' ' || t[16] != ' ' ||
         t[19] != ':' || t[22] != ':' || t[25] != ' ') {
         return std::nullopt;
@@ -94,8 +94,9 @@ std::optional<std::chrono::system_clock::time_point> parse_rfc1123_date(std::str
     }
     const auto month = static_cast<unsigned>(month_it - months.begin() + 1);
     const std::chrono::year_month_day ymd{
-        std::chrono::year{year}, std::chrono::month{month}, std::chrono::day{static_cast<unsigned>(day)}
-    };
+        std::chrono::year{year},
+        std::chrono::month{month},
+        std::chrono::day{static_cast<unsigned>(day)}};
     if (!ymd.ok()) {
         return std::nullopt;
     }
@@ -141,13 +142,11 @@ std::chrono::milliseconds exponential_backoff(int attempt, double jitter01) {
 }
 
 std::chrono::milliseconds full_jitter_backoff(
-    int attempt,
-    std::chrono::milliseconds base,
-    std::chrono::milliseconds cap,
-    double jitter01
+    int attempt, std::chrono::milliseconds base, std::chrono::milliseconds cap, double jitter01
 ) {
-    const double top =
-        capped_exponential(attempt, static_cast<double>(base.count()), static_cast<double>(cap.count()));
+    const double top = capped_exponential(
+        attempt, static_cast<double>(base.count()), static_cast<double>(cap.count())
+    );
     return std::chrono::milliseconds{static_cast<std::int64_t>(clamp01(jitter01) * top)};
 }
 

@@ -50,10 +50,7 @@ std::chrono::milliseconds exponential_backoff(int attempt, double jitter01);
 /// Capped exponential backoff with full jitter, for polling and other retry loops of our own:
 /// jitter01 * min(cap, base * 2^attempt).
 std::chrono::milliseconds full_jitter_backoff(
-    int attempt,
-    std::chrono::milliseconds base,
-    std::chrono::milliseconds cap,
-    double jitter01
+    int attempt, std::chrono::milliseconds base, std::chrono::milliseconds cap, double jitter01
 );
 
 }  // namespace kiln::gitlab

@@ -17,39 +17,40 @@ namespace {
 // Key order matters only for readability and for comparing with gitlab-runner's output.
 using ojson = nlohmann::ordered_json;
 
-constexpr std::array<std::pair<std::string_view, bool feature_flags::*>, feature_count> feature_table{{
-    {"variables", &feature_flags::variables},
-    {"image", &feature_flags::image},
-    {"services", &feature_flags::services},
-    {"artifacts", &feature_flags::artifacts},
-    {"cache", &feature_flags::cache},
-    {"fallback_cache_keys", &feature_flags::fallback_cache_keys},
-    {"shared", &feature_flags::shared},
-    {"upload_multiple_artifacts", &feature_flags::upload_multiple_artifacts},
-    {"upload_raw_artifacts", &feature_flags::upload_raw_artifacts},
-    {"session", &feature_flags::session},
-    {"terminal", &feature_flags::terminal},
-    {"refspecs", &feature_flags::refspecs},
-    {"masking", &feature_flags::masking},
-    {"proxy", &feature_flags::proxy},
-    {"raw_variables", &feature_flags::raw_variables},
-    {"artifacts_exclude", &feature_flags::artifacts_exclude},
-    {"multi_build_steps", &feature_flags::multi_build_steps},
-    {"trace_reset", &feature_flags::trace_reset},
-    {"trace_checksum", &feature_flags::trace_checksum},
-    {"trace_size", &feature_flags::trace_size},
-    {"vault_secrets", &feature_flags::vault_secrets},
-    {"cancelable", &feature_flags::cancelable},
-    {"return_exit_code", &feature_flags::return_exit_code},
-    {"service_variables", &feature_flags::service_variables},
-    {"service_multiple_aliases", &feature_flags::service_multiple_aliases},
-    {"image_executor_opts", &feature_flags::image_executor_opts},
-    {"service_executor_opts", &feature_flags::service_executor_opts},
-    {"cancel_gracefully", &feature_flags::cancel_gracefully},
-    {"native_steps_integration", &feature_flags::native_steps_integration},
-    {"two_phase_job_commit", &feature_flags::two_phase_job_commit},
-    {"job_inputs", &feature_flags::job_inputs},
-}};
+constexpr std::array<std::pair<std::string_view, bool feature_flags::*>, feature_count>
+    feature_table{{
+        {"variables", &feature_flags::variables},
+        {"image", &feature_flags::image},
+        {"services", &feature_flags::services},
+        {"artifacts", &feature_flags::artifacts},
+        {"cache", &feature_flags::cache},
+        {"fallback_cache_keys", &feature_flags::fallback_cache_keys},
+        {"shared", &feature_flags::shared},
+        {"upload_multiple_artifacts", &feature_flags::upload_multiple_artifacts},
+        {"upload_raw_artifacts", &feature_flags::upload_raw_artifacts},
+        {"session", &feature_flags::session},
+        {"terminal", &feature_flags::terminal},
+        {"refspecs", &feature_flags::refspecs},
+        {"masking", &feature_flags::masking},
+        {"proxy", &feature_flags::proxy},
+        {"raw_variables", &feature_flags::raw_variables},
+        {"artifacts_exclude", &feature_flags::artifacts_exclude},
+        {"multi_build_steps", &feature_flags::multi_build_steps},
+        {"trace_reset", &feature_flags::trace_reset},
+        {"trace_checksum", &feature_flags::trace_checksum},
+        {"trace_size", &feature_flags::trace_size},
+        {"vault_secrets", &feature_flags::vault_secrets},
+        {"cancelable", &feature_flags::cancelable},
+        {"return_exit_code", &feature_flags::return_exit_code},
+        {"service_variables", &feature_flags::service_variables},
+        {"service_multiple_aliases", &feature_flags::service_multiple_aliases},
+        {"image_executor_opts", &feature_flags::image_executor_opts},
+        {"service_executor_opts", &feature_flags::service_executor_opts},
+        {"cancel_gracefully", &feature_flags::cancel_gracefully},
+        {"native_steps_integration", &feature_flags::native_steps_integration},
+        {"two_phase_job_commit", &feature_flags::two_phase_job_commit},
+        {"job_inputs", &feature_flags::job_inputs},
+    }};
 
 static_assert(sizeof(feature_flags) == feature_count * sizeof(bool), "feature_table out of date");
 
@@ -125,13 +126,9 @@ std::string_view build_architecture() {
 #endif
 }
 
-std::string_view kiln_version() {
-    return KILN_VERSION;
-}
+std::string_view kiln_version() { return KILN_VERSION; }
 
-std::string runner_info_json(const runner_info& info) {
-    return to_text(info_object(info));
-}
+std::string runner_info_json(const runner_info& info) { return to_text(info_object(info)); }
 
 std::string job_request_body(
     const runner_info& info,
@@ -149,9 +146,7 @@ std::string job_request_body(
 }
 
 std::string register_body(
-    const register_params& params,
-    const runner_info& info,
-    std::string_view registration_token
+    const register_params& params, const runner_info& info, std::string_view registration_token
 ) {
     std::string tag_list;
     for (const auto& tag : params.tags) {
@@ -176,7 +171,9 @@ std::string register_body(
     return to_text(j);
 }
 
-std::string verify_body(const runner_info& info, std::string_view token, std::string_view system_id) {
+std::string verify_body(
+    const runner_info& info, std::string_view token, std::string_view system_id
+) {
     ojson j = ojson::object();
     j["info"] = info_object(info);
     j["token"] = token;
@@ -184,9 +181,7 @@ std::string verify_body(const runner_info& info, std::string_view token, std::st
     return to_text(j);
 }
 
-std::string unregister_body(std::string_view token) {
-    return to_text(ojson{{"token", token}});
-}
+std::string unregister_body(std::string_view token) { return to_text(ojson{{"token", token}}); }
 
 std::string unregister_manager_body(std::string_view token, std::string_view system_id) {
     ojson j = ojson::object();
@@ -195,20 +190,18 @@ std::string unregister_manager_body(std::string_view token, std::string_view sys
     return to_text(j);
 }
 
-std::string reset_token_body(std::string_view token) {
-    return to_text(ojson{{"token", token}});
-}
+std::string reset_token_body(std::string_view token) { return to_text(ojson{{"token", token}}); }
 
 std::string_view to_string(job_state s) {
     switch (s) {
-    case job_state::pending:
-        return "pending";
-    case job_state::running:
-        return "running";
-    case job_state::success:
-        return "success";
-    case job_state::failed:
-        return "failed";
+        case job_state::pending:
+            return "pending";
+        case job_state::running:
+            return "running";
+        case job_state::success:
+            return "success";
+        case job_state::failed:
+            return "failed";
     }
     return "running";
 }
@@ -232,12 +225,15 @@ std::string job_update_body(const runner_info& info, const job_update& update) {
     return to_text(j);
 }
 
-std::string resolve_failure_reason(std::string_view reason, const std::vector<std::string>& supported) {
+std::string resolve_failure_reason(
+    std::string_view reason, const std::vector<std::string>& supported
+) {
     if (reason.empty()) {
         return "script_failure";
     }
     auto usable = [&](std::string_view r) {
-        return r == "script_failure" || r == "runner_system_failure" || r == "job_execution_timeout" ||
+        return r == "script_failure" || r == "runner_system_failure" ||
+               r == "job_execution_timeout" ||
                std::find(supported.begin(), supported.end(), r) != supported.end();
     };
     if (usable(reason)) {

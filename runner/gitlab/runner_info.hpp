@@ -92,13 +92,13 @@ struct register_params {
 /// POST /runners: description, maintenance_note, tag_list, access_level and maximum_timeout are
 /// omitted when empty/0; run_untagged, locked, paused, info and token are always sent.
 std::string register_body(
-    const register_params& params,
-    const runner_info& info,
-    std::string_view registration_token
+    const register_params& params, const runner_info& info, std::string_view registration_token
 );
 
 /// POST /runners/verify: {info, token, system_id?}.
-std::string verify_body(const runner_info& info, std::string_view token, std::string_view system_id);
+std::string verify_body(
+    const runner_info& info, std::string_view token, std::string_view system_id
+);
 
 /// DELETE /runners: {token}.
 std::string unregister_body(std::string_view token);
@@ -129,6 +129,8 @@ std::string job_update_body(const runner_info& info, const job_update& update);
 /// The reason to send for `reason` given the job's features.failure_reasons (protocol.md §5.2):
 /// empty -> script_failure; supported (or one of script_failure, runner_system_failure,
 /// job_execution_timeout) -> itself; else its older equivalent if supported; else unknown_failure.
-std::string resolve_failure_reason(std::string_view reason, const std::vector<std::string>& supported);
+std::string resolve_failure_reason(
+    std::string_view reason, const std::vector<std::string>& supported
+);
 
 }  // namespace kiln::gitlab

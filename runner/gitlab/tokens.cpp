@@ -53,9 +53,7 @@ std::string short_token(std::string_view t) {
     return std::string(t.substr(0, short_token_length));
 }
 
-bool is_created_runner_token(std::string_view token) {
-    return starts_with(token, "glrt-");
-}
+bool is_created_runner_token(std::string_view token) { return starts_with(token, "glrt-"); }
 
 bool is_valid_system_id(std::string_view id) {
     if (id.size() != 2 + system_id_length || (id[0] != 's' && id[0] != 'r') || id[1] != '_') {

@@ -1,4 +1,4 @@
-#include <catch2/catch.hpp>
+#include "runner/gitlab/responses.hpp"
 
 #include <chrono>
 #include <optional>
@@ -6,7 +6,8 @@
 #include <utility>
 #include <vector>
 
-#include "runner/gitlab/responses.hpp"
+#include <catch2/catch.hpp>
+
 #include "tests/unit/gitlab/fixture.hpp"
 
 using namespace kiln::gitlab;
@@ -50,7 +51,8 @@ TEST_CASE("error_summary turns GitLab error bodies into one line", "[gitlab][res
         {R"({"message":"line one\nline two"})", "line one line two"},
         {R"({"status":"bad"})", R"({"status":"bad"})"},
         {"  <h1>502 Bad\n   Gateway</h1>\n", "<h1>502 Bad Gateway</h1>"},
-        {"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+        {"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has "
+         "expired</Message></Error>",
          "AccessDenied: Request has expired"},
         {"200", "200"},
         {"", ""},
@@ -135,15 +137,24 @@ TEST_CASE("POST /runners responses", "[gitlab][responses]") {
         CHECK(r.http_status == 201);
     }
     SECTION("201 with a null expiry") {
-        auto r = map_register_response(json_response(201, R"({"id":1,"token":"t3_x","token_expires_at":null})"));
+        auto r = map_register_response(
+            json_response(201, R"({"id":1,"token":"t3_x","token_expires_at":null})")
+        );
         CHECK(r.status == register_status::registered);
         CHECK(r.runner.token_expires_at.empty());
     }
     SECTION("201 that cannot be decoded") {
-        CHECK(map_register_response(response(201, {{"Content-Type", "text/html"}}, R"({"id":1,"token":"t"})"))
-                  .status == register_status::failed);
+        CHECK(
+            map_register_response(
+                response(201, {{"Content-Type", "text/html"}}, R"({"id":1,"token":"t"})")
+            )
+                .status == register_status::failed
+        );
         CHECK(map_register_response(json_response(201, "{")).status == register_status::failed);
-        CHECK(map_register_response(json_response(201, R"({"id":1})")).status == register_status::failed);
+        CHECK(
+            map_register_response(json_response(201, R"({"id":1})")).status ==
+            register_status::failed
+        );
     }
     SECTION("error statuses") {
         struct row {
@@ -178,14 +189,29 @@ TEST_CASE("POST /runners/verify responses", "[gitlab][responses]") {
         CHECK(r.runner.token_expires_at == "2026-05-01T00:00:00.000Z");
     }
     SECTION("token_expires_at null") {
-        auto r = map_verify_response(json_response(200, R"({"id":42,"token":"glrt-abc","token_expires_at":null})"));
+        auto r = map_verify_response(
+            json_response(200, R"({"id":42,"token":"glrt-abc","token_expires_at":null})")
+        );
         CHECK(r.status == verify_status::valid);
         CHECK(r.runner.token_expires_at.empty());
     }
     SECTION("id 0 is a failure") {
-        CHECK(map_verify_response(json_response(200, R"({"id":0,"token":"glrt-abc"})")).status ==
-              verify_status::failed);
-        CHECK(map_verify_response(json_response(200, R"({"token":"glrt-abc"})")).status == verify_status::failed);
+        CHECK(
+            map_verify_response(json_response(200, R"({"id":0,"token":"glrt-abc"})")).status ==
+            verify_status::failed
+        );
+        CHECK(
+            map_verify_response(json_response(200, R"({"token":"glrt-abc"})")).status ==
+            verify_status::failed
+        );
+        CHECK(
+            map_verify_response(json_response(200, R"({"id":18446744073709551615})")).status ==
+            verify_status::failed
+        );
+        CHECK(
+            map_verify_response(json_response(200, R"({"id":"42"})")).status ==
+            verify_status::failed
+        );
     }
     SECTION("old GitLab's plain-text 200 is valid") {
         for (auto r : {
@@ -211,7 +237,9 @@ TEST_CASE("POST /runners/verify responses", "[gitlab][responses]") {
                  {500, verify_status::failed},
              }) {
             INFO(status);
-            CHECK(map_verify_response(json_response(status, R"({"message":"x"})")).status == expected);
+            CHECK(
+                map_verify_response(json_response(status, R"({"message":"x"})")).status == expected
+            );
         }
     }
 }
@@ -235,7 +263,9 @@ TEST_CASE("DELETE /runners and /runners/managers responses", "[gitlab][responses
         CHECK(map_unregister_response(response(r.status)).status == r.runners);
         CHECK(map_unregister_manager_response(response(r.status)).status == r.managers);
     }
-    auto nf = map_unregister_manager_response(json_response(404, R"({"message":"404 Runner manager Not Found"})"));
+    auto nf = map_unregister_manager_response(
+        json_response(404, R"({"message":"404 Runner manager Not Found"})")
+    );
     CHECK(nf.message == "404 Runner manager Not Found");
 }
 
@@ -247,9 +277,14 @@ TEST_CASE("POST /runners/reset_authentication_token responses", "[gitlab][respon
         std::string expires;
     };
     const std::vector<row> rows{
-        {R"({"token":"glrt-new","token_expires_at":"2026-07-01T00:00:00.000Z"})", reset_token_status::reset,
-         "glrt-new", "2026-07-01T00:00:00.000Z"},
-        {R"({"token":"glrt-new","token_expires_at":null})", reset_token_status::reset, "glrt-new", ""},
+        {R"({"token":"glrt-new","token_expires_at":"2026-07-01T00:00:00.000Z"})",
+         reset_token_status::reset,
+         "glrt-new",
+         "2026-07-01T00:00:00.000Z"},
+        {R"({"token":"glrt-new","token_expires_at":null})",
+         reset_token_status::reset,
+         "glrt-new",
+         ""},
         {R"({"token":"glrt-new"})", reset_token_status::reset, "glrt-new", ""},
         {R"({"token_expires_at":null})", reset_token_status::failed, "", ""},
         {"not json", reset_token_status::failed, "", ""},
@@ -282,7 +317,9 @@ TEST_CASE("POST /jobs/request: 201 carries the job", "[gitlab][responses]") {
 
 TEST_CASE("POST /jobs/request: a 201 that cannot be used", "[gitlab][responses]") {
     SECTION("wrong Content-Type is a decode failure, but id and token are kept") {
-        auto r = map_request_job_response(response(201, {{"Content-Type", "text/plain"}}, read_fixture("job_basic.json")));
+        auto r = map_request_job_response(
+            response(201, {{"Content-Type", "text/plain"}}, read_fixture("job_basic.json"))
+        );
         CHECK(r.status == request_job_status::invalid_job);
         CHECK(r.healthy());
         CHECK_FALSE(r.job.has_value());
@@ -314,9 +351,16 @@ TEST_CASE("POST /jobs/request: other statuses and X-GitLab-Last-Update", "[gitla
         std::optional<std::string> last_update;
     };
     const std::vector<row> rows{
-        {204, {{"X-GitLab-Last-Update", "6f1e0f7f3c9b4f2a"}}, request_job_status::no_job, true, "6f1e0f7f3c9b4f2a"},
-        {204, {{"x-gitlab-last-update", "abc"}, {"Gitlab-Ci-Builds-Polling", "yes"}}, request_job_status::no_job,
-         true, "abc"},
+        {204,
+         {{"X-GitLab-Last-Update", "6f1e0f7f3c9b4f2a"}},
+         request_job_status::no_job,
+         true,
+         "6f1e0f7f3c9b4f2a"},
+        {204,
+         {{"x-gitlab-last-update", "abc"}, {"Gitlab-Ci-Builds-Polling", "yes"}},
+         request_job_status::no_job,
+         true,
+         "abc"},
         {204, {}, request_job_status::no_job, true, std::nullopt},
         {204, {{"X-GitLab-Last-Update", ""}}, request_job_status::no_job, true, std::nullopt},
         {403, {}, request_job_status::forbidden, false, std::nullopt},
@@ -338,7 +382,10 @@ TEST_CASE("POST /jobs/request: other statuses and X-GitLab-Last-Update", "[gitla
         CHECK_FALSE(m.job.has_value());
         CHECK(m.http_status == r.status);
     }
-    CHECK(map_request_job_response(response(409, {}, R"({"message":"409 Conflict"})")).message == "409 Conflict");
+    CHECK(
+        map_request_job_response(response(409, {}, R"({"message":"409 Conflict"})")).message ==
+        "409 Conflict"
+    );
 }
 
 TEST_CASE("PUT /jobs/:id responses", "[gitlab][responses]") {
@@ -425,7 +472,10 @@ TEST_CASE("PATCH /jobs/:id/trace responses", "[gitlab][responses]") {
         {500, "", std::nullopt, 10, 5, patch_status::failed, 10, false},
     };
     for (const auto& r : rows) {
-        INFO(r.status << " Job-Status: " << r.job_status << " Range: " << r.range.value_or("(absent)"));
+        INFO(
+            r.status << " Job-Status: " << r.job_status
+                     << " Range: " << r.range.value_or("(absent)")
+        );
         header_list h;
         if (!r.job_status.empty()) {
             h.emplace_back("Job-Status", r.job_status);
@@ -443,11 +493,17 @@ TEST_CASE("PATCH /jobs/:id/trace responses", "[gitlab][responses]") {
 
 TEST_CASE("PATCH: the update interval comes with the answer", "[gitlab][responses]") {
     auto m = map_patch_response(
-        response(202, {{"Job-Status", "running"}, {"Range", "0-17"}, {"X-GitLab-Trace-Update-Interval", "60"}}), 0, 17
+        response(
+            202,
+            {{"Job-Status", "running"}, {"Range", "0-17"}, {"X-GitLab-Trace-Update-Interval", "60"}}
+        ),
+        0,
+        17
     );
     CHECK(m.update_interval == seconds{60});
     CHECK(m.job_status == "running");
-    auto capped = map_patch_response(response(202, {{"X-GitLab-Trace-Update-Interval", "3600"}}), 0, 1);
+    auto capped =
+        map_patch_response(response(202, {{"X-GitLab-Trace-Update-Interval", "3600"}}), 0, 1);
     CHECK(capped.update_interval == max_update_interval);
 }
 
@@ -460,11 +516,19 @@ TEST_CASE("POST /jobs/:id/artifacts responses", "[gitlab][responses]") {
     };
     const std::vector<row> rows{
         {201, {}, upload_status::succeeded, ""},
-        {307, {{"Location", "https://other.example.com:8443/api/v4/jobs/1/artifacts?artifact_format=zip"}},
-         upload_status::redirected, "https://other.example.com:8443"},
-        {307, {{"Location", "http://gitlab.internal/api/v4/jobs/1/artifacts"}}, upload_status::redirected,
+        {307,
+         {{"Location",
+           "https://other.example.com:8443/api/v4/jobs/1/artifacts?artifact_format=zip"}},
+         upload_status::redirected,
+         "https://other.example.com:8443"},
+        {307,
+         {{"Location", "http://gitlab.internal/api/v4/jobs/1/artifacts"}},
+         upload_status::redirected,
          "http://gitlab.internal"},
-        {307, {{"Location", "https://host.example.com"}}, upload_status::redirected, "https://host.example.com"},
+        {307,
+         {{"Location", "https://host.example.com"}},
+         upload_status::redirected,
+         "https://host.example.com"},
         {307, {}, upload_status::failed, ""},
         {307, {{"Location", "/api/v4/jobs/1/artifacts"}}, upload_status::failed, ""},
         {307, {{"Location", "ftp://host/x"}}, upload_status::failed, ""},
@@ -481,8 +545,10 @@ TEST_CASE("POST /jobs/:id/artifacts responses", "[gitlab][responses]") {
         CHECK(m.status == r.expected);
         CHECK(m.new_base_url == r.base);
     }
-    CHECK(map_upload_response(json_response(413, R"({"message":"413 Request Entity Too Large"})")).message ==
-          "413 Request Entity Too Large");
+    CHECK(
+        map_upload_response(json_response(413, R"({"message":"413 Request Entity Too Large"})"))
+            .message == "413 Request Entity Too Large"
+    );
 }
 
 TEST_CASE("GET /jobs/:id/artifacts responses", "[gitlab][responses]") {
@@ -512,7 +578,8 @@ TEST_CASE("GET /jobs/:id/artifacts responses", "[gitlab][responses]") {
         CHECK(m.location == r.location);
     }
     auto xml = map_download_response(response(
-        403, {{"Content-Type", "application/xml"}},
+        403,
+        {{"Content-Type", "application/xml"}},
         "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
     ));
     CHECK(xml.status == download_status::forbidden);

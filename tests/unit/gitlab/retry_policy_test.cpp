@@ -1,11 +1,11 @@
-#include <catch2/catch.hpp>
+#include "runner/gitlab/retry_policy.hpp"
 
 #include <chrono>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "runner/gitlab/retry_policy.hpp"
+#include <catch2/catch.hpp>
 
 using namespace kiln::gitlab;
 using namespace std::chrono;
@@ -24,8 +24,8 @@ TEST_CASE("retriable statuses", "[gitlab][retry]") {
         INFO(s);
         CHECK(is_retriable_status(s));
     }
-    for (int s : {200, 201, 202, 204, 301, 307, 400, 401, 403, 404, 409, 412, 413, 416, 422, 501, 505, 506, 507,
-                  508, 510, 511}) {
+    for (int s : {200, 201, 202, 204, 301, 307, 400, 401, 403, 404, 409,
+                  412, 413, 416, 422, 501, 505, 506, 507, 508, 510, 511}) {
         INFO(s);
         CHECK_FALSE(is_retriable_status(s));
     }
@@ -78,19 +78,28 @@ TEST_CASE("wait before the next attempt", "[gitlab][retry]") {
         wait_source source;
     };
     const std::vector<row> rows{
-        {"reset time in 30 s", {{"RateLimit-ResetTime", "Wed, 21 Oct 2015 07:28:00 GMT"}}, 30s,
+        {"reset time in 30 s",
+         {{"RateLimit-ResetTime", "Wed, 21 Oct 2015 07:28:00 GMT"}},
+         30s,
          wait_source::rate_limit_reset},
         {"reset time beats Retry-After",
-         {{"Retry-After", "60"}, {"RateLimit-ResetTime", "Wed, 21 Oct 2015 07:28:00 GMT"}}, 30s,
+         {{"Retry-After", "60"}, {"RateLimit-ResetTime", "Wed, 21 Oct 2015 07:28:00 GMT"}},
+         30s,
          wait_source::rate_limit_reset},
-        {"reset time in the past", {{"RateLimit-ResetTime", "Wed, 21 Oct 2015 07:00:00 GMT"}, {"Retry-After", "60"}},
-         60s, wait_source::retry_after},
-        {"unparsable reset time", {{"RateLimit-ResetTime", "soon"}, {"Retry-After", "5"}}, 5s,
+        {"reset time in the past",
+         {{"RateLimit-ResetTime", "Wed, 21 Oct 2015 07:00:00 GMT"}, {"Retry-After", "60"}},
+         60s,
+         wait_source::retry_after},
+        {"unparsable reset time",
+         {{"RateLimit-ResetTime", "soon"}, {"Retry-After", "5"}},
+         5s,
          wait_source::retry_after},
         {"Retry-After seconds", {{"retry-after", "60"}}, 60s, wait_source::retry_after},
         {"Retry-After zero", {{"Retry-After", "0"}}, 100ms, wait_source::backoff},
         {"Retry-After negative", {{"Retry-After", "-3"}}, 100ms, wait_source::backoff},
-        {"Retry-After date is not used", {{"Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"}}, 100ms,
+        {"Retry-After date is not used",
+         {{"Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"}},
+         100ms,
          wait_source::backoff},
         {"no headers", {}, 100ms, wait_source::backoff},
     };

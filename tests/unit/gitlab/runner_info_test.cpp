@@ -1,11 +1,11 @@
-#include <catch2/catch.hpp>
+#include "runner/gitlab/runner_info.hpp"
 
 #include <string>
 #include <vector>
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "runner/gitlab/runner_info.hpp"
 #include "tests/unit/gitlab/fixture.hpp"
 
 using namespace kiln::gitlab;
@@ -60,7 +60,11 @@ const std::vector<std::string> feature_order{
 
 TEST_CASE("default info: kiln, this build, every feature key false", "[gitlab][info]") {
     const auto info = ojson::parse(runner_info_json(runner_info{}));
-    CHECK(keys(info) == std::vector<std::string>{"name", "version", "platform", "architecture", "features", "config"});
+    CHECK(
+        keys(info) ==
+        std::vector<std::string>{
+            "name", "version", "platform", "architecture", "features", "config"}
+    );
     CHECK(info["name"] == "kiln");
     CHECK(info["version"] == std::string(kiln_version()));
     CHECK_FALSE(kiln_version().empty());
@@ -92,8 +96,16 @@ TEST_CASE("info: set values and labels appear", "[gitlab][info]") {
     CHECK(
         keys(info) ==
         std::vector<std::string>{
-            "name", "version", "revision", "platform", "architecture", "executor", "shell", "features", "config", "labels"
-        }
+            "name",
+            "version",
+            "revision",
+            "platform",
+            "architecture",
+            "executor",
+            "shell",
+            "features",
+            "config",
+            "labels"}
     );
     CHECK(info["features"]["cancel_gracefully"] == true);
     CHECK(info["features"]["cancelable"] == false);
@@ -113,8 +125,9 @@ TEST_CASE("jobs/request body matches fixtures/jobs_request_body.json", "[gitlab]
     ri.shell = "bash";
     feature_flags all_but_shared_and_proxy;
     all_but_shared_and_proxy = feature_flags{
-        true, true, true, true, true, true, false, true, true, true, true, true, true, false, true, true,
-        true, true, true, true, true, true, true, true, true, true, true, true, true, true, true,
+        true, true, true,  true, true, true, false, true, true, true, true,
+        true, true, false, true, true, true, true,  true, true, true, true,
+        true, true, true,  true, true, true, true,  true, true,
     };
     ri.features = all_but_shared_and_proxy;
     const auto body = ojson::parse(job_request_body(
@@ -131,7 +144,8 @@ TEST_CASE("jobs/request body matches fixtures/jobs_request_body.json", "[gitlab]
 TEST_CASE("jobs/request body omits an empty system_id and last_update", "[gitlab][info]") {
     const auto body = ojson::parse(job_request_body(runner_info{}, "glrt-x", "", ""));
     CHECK(keys(body) == std::vector<std::string>{"info", "token"});
-    const auto with_id = ojson::parse(job_request_body(runner_info{}, "glrt-x", "s_0a1b2c3d4e5f", ""));
+    const auto with_id =
+        ojson::parse(job_request_body(runner_info{}, "glrt-x", "s_0a1b2c3d4e5f", ""));
     CHECK(keys(with_id) == std::vector<std::string>{"info", "token", "system_id"});
 }
 
@@ -150,9 +164,16 @@ TEST_CASE("register body: omission rules", "[gitlab][info]") {
         CHECK(
             keys(body) ==
             std::vector<std::string>{
-                "description", "maintenance_note", "tag_list", "run_untagged", "locked", "access_level",
-                "maximum_timeout", "paused", "info", "token"
-            }
+                "description",
+                "maintenance_note",
+                "tag_list",
+                "run_untagged",
+                "locked",
+                "access_level",
+                "maximum_timeout",
+                "paused",
+                "info",
+                "token"}
         );
         CHECK(body["tag_list"] == "docker,linux");
         CHECK(body["run_untagged"] == true);
@@ -165,7 +186,10 @@ TEST_CASE("register body: omission rules", "[gitlab][info]") {
     }
     SECTION("defaults") {
         const auto body = ojson::parse(register_body(register_params{}, runner_info{}, "tok"));
-        CHECK(keys(body) == std::vector<std::string>{"run_untagged", "locked", "paused", "info", "token"});
+        CHECK(
+            keys(body) ==
+            std::vector<std::string>{"run_untagged", "locked", "paused", "info", "token"}
+        );
         CHECK(body["locked"] == true);
         CHECK(body["run_untagged"] == false);
         CHECK(body["paused"] == false);
@@ -176,10 +200,16 @@ TEST_CASE("verify, unregister and reset-token bodies", "[gitlab][info]") {
     const auto verify = ojson::parse(verify_body(runner_info{}, "glrt-abc", "s_0a1b2c3d4e5f"));
     CHECK(keys(verify) == std::vector<std::string>{"info", "token", "system_id"});
     CHECK(verify["system_id"] == "s_0a1b2c3d4e5f");
-    CHECK(keys(ojson::parse(verify_body(runner_info{}, "glrt-abc", ""))) == std::vector<std::string>{"info", "token"});
+    CHECK(
+        keys(ojson::parse(verify_body(runner_info{}, "glrt-abc", ""))) ==
+        std::vector<std::string>{"info", "token"}
+    );
 
     CHECK(unregister_body("t1_abc") == R"({"token":"t1_abc"})");
-    CHECK(unregister_manager_body("glrt-abc", "s_0a1b2c3d4e5f") == R"({"token":"glrt-abc","system_id":"s_0a1b2c3d4e5f"})");
+    CHECK(
+        unregister_manager_body("glrt-abc", "s_0a1b2c3d4e5f") ==
+        R"({"token":"glrt-abc","system_id":"s_0a1b2c3d4e5f"})"
+    );
     CHECK(unregister_manager_body("glrt-abc", "") == R"({"token":"glrt-abc","system_id":""})");
     CHECK(reset_token_body("glrt-abc") == R"({"token":"glrt-abc"})");
     CHECK(reset_token_body("quote\"and\\slash") == R"({"token":"quote\"and\\slash"})");
@@ -205,7 +235,8 @@ TEST_CASE("job update body", "[gitlab][info]") {
         const auto body = ojson::parse(job_update_body(runner_info{}, u));
         CHECK(
             keys(body) ==
-            std::vector<std::string>{"info", "token", "state", "failure_reason", "checksum", "output", "exit_code"}
+            std::vector<std::string>{
+                "info", "token", "state", "failure_reason", "checksum", "output", "exit_code"}
         );
         CHECK(body["state"] == "failed");
         CHECK(body["checksum"] == "crc32:8c1e6f0d");
@@ -234,8 +265,13 @@ TEST_CASE("job states", "[gitlab][info]") {
 
 TEST_CASE("failure reasons fall back to what GitLab supports", "[gitlab][info]") {
     const std::vector<std::string> modern{
-        "unknown_failure", "script_failure", "runner_system_failure", "job_execution_timeout",
-        "image_pull_failure", "runner_configuration_error", "runner_interrupted",
+        "unknown_failure",
+        "script_failure",
+        "runner_system_failure",
+        "job_execution_timeout",
+        "image_pull_failure",
+        "runner_configuration_error",
+        "runner_interrupted",
     };
     const std::vector<std::string> old_gitlab{"unknown_failure", "script_failure"};
     struct row {

@@ -1,10 +1,10 @@
-#include <catch2/catch.hpp>
+#include "runner/gitlab/tokens.hpp"
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "runner/gitlab/tokens.hpp"
+#include <catch2/catch.hpp>
 
 using namespace kiln::gitlab;
 
@@ -61,8 +61,17 @@ TEST_CASE("system_id format", "[gitlab][tokens]") {
         INFO(ok);
         CHECK(is_valid_system_id(ok));
     }
-    for (const char* bad : {"", "s_", "s_0a1b2c3d4e5", "s_0a1b2c3d4e5f0", "x_0a1b2c3d4e5f", "S_0a1b2c3d4e5f",
-                            "s-0a1b2c3d4e5f", "s_0a1b2c3d4e5-", "s_0a1b2c3d4e5 ", " s_0a1b2c3d4e5f"}) {
+    for (const char* bad :
+         {"",
+          "s_",
+          "s_0a1b2c3d4e5",
+          "s_0a1b2c3d4e5f0",
+          "x_0a1b2c3d4e5f",
+          "S_0a1b2c3d4e5f",
+          "s-0a1b2c3d4e5f",
+          "s_0a1b2c3d4e5-",
+          "s_0a1b2c3d4e5 ",
+          " s_0a1b2c3d4e5f"}) {
         INFO(bad);
         CHECK_FALSE(is_valid_system_id(bad));
     }
@@ -101,7 +110,8 @@ TEST_CASE("random system_id", "[gitlab][tokens]") {
         CHECK(id == "r_abcdefghijkl");
     }
     SECTION("biased bytes are rejected, the rest map onto [a-zA-Z0-9]") {
-        const std::vector<std::uint8_t> bytes{255, 248, 0, 25, 26, 51, 52, 61, 62, 247, 123, 200, 100, 1};
+        const std::vector<std::uint8_t> bytes{
+            255, 248, 0, 25, 26, 51, 52, 61, 62, 247, 123, 200, 100, 1};
         std::size_t i = 0;
         auto id = random_system_id([&] { return bytes.at(i++); });
         CHECK(id == "r_azAZ09a99oMb");
