@@ -52,6 +52,27 @@ transport_error make_error(transport_error::kind k, std::string message) {
     return transport_error{k, std::move(message)};
 }
 
+// A server that requires a client certificate rejects a TLS 1.3 client only after the client's
+// handshake has completed, so the failure shows up on the first request as an alert or as a bare
+// "Connection reset by peer". OpenSSL calls this when the server asks for a certificate and none
+// is configured; the mark lets the error say so.
+int client_cert_request_index() {
+    static const int index = ::SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+    return index;
+}
+
+int note_client_cert_request(SSL* ssl, X509** /*cert*/, EVP_PKEY** /*key*/) {
+    ::SSL_set_ex_data(ssl, client_cert_request_index(), reinterpret_cast<void*>(1));
+    return 0;  // go on without a certificate
+}
+
+void explain_missing_client_cert(SSL* ssl, transport_error& e) {
+    if (::SSL_get_ex_data(ssl, client_cert_request_index()) != nullptr) {
+        e.message += " (TLS: the server asked for a client certificate and none is configured; "
+                     "set tls-cert-file and tls-key-file if GitLab requires one)";
+    }
+}
+
 // A connection the server closed while idle shows up as one of these before any byte of the
 // response arrives; sending again on a fresh connection is then safe.
 bool is_stale_connection_error(const boost::system::error_code& ec) {
@@ -348,8 +369,10 @@ struct http_client::impl {
                                          ::X509_verify_cert_error_string(verify));
             }
             std::string reason = hec == beast::error::timeout ? "timed out" : hec.message();
-            co_return make_error(transport_error::kind::tls,
-                                 "TLS handshake with " + peer + " failed: " + reason);
+            auto err = make_error(transport_error::kind::tls,
+                                  "TLS handshake with " + peer + " failed: " + reason);
+            explain_missing_client_cert(ssl, err);
+            co_return err;
         }
         co_return conn;
     }
@@ -371,6 +394,7 @@ http_client::http_client(
     impl_->host_is_ip = !ec;
     if (impl_->origin.tls) {
         impl_->ssl_ctx = make_client_tls_context(tls);
+        ::SSL_CTX_set_client_cert_cb(impl_->ssl_ctx->native_handle(), note_client_cert_request);
     }
 }
 
@@ -455,6 +479,10 @@ asio::awaitable<http_outcome> http_client::send(http_request req) {
         }
         if (r.outcome.response && r.reusable) {
             s.idle.push_back(std::move(conn));
+        }
+        if (!r.outcome.response && !reused && conn->secure &&
+            r.outcome.error.what == transport_error::kind::io) {
+            explain_missing_client_cert(conn->secure->native_handle(), r.outcome.error);
         }
         co_return std::move(r.outcome);
     }
