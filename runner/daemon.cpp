@@ -20,6 +20,7 @@
 #include "runner/job.hpp"
 #include "runner/system_id_state.hpp"
 #include "runner/util/logging.hpp"
+#include "runner/util/memory_trim.hpp"
 
 namespace kiln {
 namespace {
@@ -59,7 +60,7 @@ class daemon {
 public:
     explicit daemon(daemon_options o)
         : options_(std::move(o)), changed_(io_), stop_signal_(io_), shutdown_timer_(io_),
-          signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
+          trim_timer_(io_), signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
         changed_.expires_at(asio::steady_timer::time_point::max());
         stop_signal_.expires_at(asio::steady_timer::time_point::max());
     }
@@ -124,6 +125,7 @@ public:
             });
         }
         asio::co_spawn(io_, wait_until_done(), asio::detached);
+        schedule_trim();
         io_.run();
         log::info("kiln stopped", {{"jobs", static_cast<long long>(finished_jobs_)}});
         return 0;
@@ -131,6 +133,19 @@ public:
 
 private:
     void notify() { changed_.cancel(); }
+
+    // Once start-up (or the last job) is over, the daemon only waits on long polls; give back
+    // what start-up touched. Re-armed whenever kiln becomes idle again.
+    void schedule_trim() {
+        trim_timer_.expires_after(2s);
+        trim_timer_.async_wait([this](boost::system::error_code ec) {
+            if (!ec && running_total_ == 0 && !stopping_) {
+                auto released = util::trim_idle_memory();
+                log::debug("trimmed idle memory",
+                           {{"mapped_bytes_released", static_cast<unsigned long>(released)}});
+            }
+        });
+    }
 
     // changed_ never expires; notify() cancels the waits pending at that moment, which is a
     // broadcast to every waiter (a condition variable on one thread).
@@ -152,6 +167,7 @@ private:
         }
         signals_.cancel();
         shutdown_timer_.cancel();
+        trim_timer_.cancel();
         for (auto& r : runners_) {
             r->api->close_idle();
         }
@@ -318,6 +334,9 @@ private:
                            if (options_.max_jobs > 0 && finished_jobs_ >= options_.max_jobs) {
                                begin_stop("finished the requested number of jobs");
                            }
+                           if (running_total_ == 0) {
+                               schedule_trim();
+                           }
                            notify();
                        });
         if (options_.max_jobs > 0 && finished_jobs_ + running_total_ >= options_.max_jobs) {
@@ -333,6 +352,7 @@ private:
     asio::steady_timer changed_;
     asio::steady_timer stop_signal_;
     asio::steady_timer shutdown_timer_;
+    asio::steady_timer trim_timer_;
     asio::signal_set signals_;
     system_id_state system_id_;
     std::vector<std::unique_ptr<runner_slot>> runners_;

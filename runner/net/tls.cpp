@@ -9,6 +9,7 @@
 #include <boost/asio/ssl/context.hpp>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <stdexcept>
 
 namespace kiln::net {
@@ -35,6 +36,14 @@ void require_readable(const std::string& path, const char* key) {
     }
 }
 
+bool is_system_bundle(const char* path) {
+    std::error_code a;
+    std::error_code b;
+    auto given = std::filesystem::canonical(path, a);
+    auto system = std::filesystem::canonical(X509_get_default_cert_file(), b);
+    return !a && !b && given == system;
+}
+
 }  // namespace
 
 std::shared_ptr<boost::asio::ssl::context> make_client_tls_context(const tls_settings& s) {
@@ -46,10 +55,11 @@ std::shared_ptr<boost::asio::ssl::context> make_client_tls_context(const tls_set
 
     // The hashed certificate directory is searched lazily per issuer, so trusting the system
     // store costs nothing until a certificate needs it; loading the whole bundle file eagerly
-    // costs about 1 MiB of memory per context. SSL_CERT_FILE/SSL_CERT_DIR are honoured.
+    // costs about 1 MiB of memory per context. SSL_CERT_FILE/SSL_CERT_DIR are honoured; an
+    // SSL_CERT_FILE that is the distribution's bundle adds nothing the directory lacks.
     ::ERR_clear_error();
     const char* file_env = std::getenv(X509_get_default_cert_file_env());
-    if (file_env != nullptr && *file_env != '\0') {
+    if (file_env != nullptr && *file_env != '\0' && !is_system_bundle(file_env)) {
         ::SSL_CTX_load_verify_file(native, file_env);
     }
     const char* dir_env = std::getenv(X509_get_default_cert_dir_env());
