@@ -139,6 +139,20 @@ int main(int argc, char** argv) {
     c_run->add_option("--max-jobs", run.max_jobs, "Exit after this many jobs (0: until signalled)");
     c_run->callback([&] { rc = run_daemon(g, run); });
 
+    // CLI11 would only say "A subcommand is required" for a mistyped command.
+    if (argc > 1 && argv[1][0] != '-') {
+        bool known = false;
+        std::string names;
+        for (const auto* sub : app.get_subcommands({})) {
+            known = known || sub->check_name(argv[1]);
+            names += (names.empty() ? "" : ", ") + sub->get_name();
+        }
+        if (!known) {
+            std::fprintf(stderr, "ERROR: unknown command \"%s\"; the commands are: %s\n", argv[1],
+                         names.c_str());
+            return 1;
+        }
+    }
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -273,7 +273,14 @@ int run_register(const global_options& g, register_options o) {
             doc.save(path);
         } catch (const std::exception& e) {
             std::string msg = e.what();
-            if (!created_runner_token && !o.leave_runner) {
+            if (created_runner_token) {
+                // verify created a manager for this host; take it away again, as gitlab-runner
+                // does. The runner itself belongs to whoever created it in GitLab.
+                run_coroutine([&]() -> boost::asio::awaitable<void> {
+                    auto api = make_client(co_await boost::asio::this_coro::executor, o.url, tls);
+                    co_await api->unregister_manager(token, system_id.id);
+                });
+            } else if (!o.leave_runner) {
                 // Do not leave a runner in GitLab that no config knows about.
                 bool deleted = false;
                 run_coroutine([&]() -> boost::asio::awaitable<void> {
