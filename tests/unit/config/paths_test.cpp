@@ -8,7 +8,7 @@
 
 using kiln::config::resolve_config_path;
 
-TEST_CASE("--config wins over CONFIG_FILE", "[config][paths]") {
+TEST_CASE("the config flag wins over CONFIG_FILE", "[config][paths]") {
     ::setenv("CONFIG_FILE", "/tmp/from-env.toml", 1);
     CHECK(resolve_config_path("/tmp/from-flag.toml") == "/tmp/from-flag.toml");
     CHECK(resolve_config_path("") == "/tmp/from-env.toml");
