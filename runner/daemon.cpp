@@ -52,6 +52,7 @@ struct runner_slot {
     std::unique_ptr<gitlab::client> api;
     std::string last_update;
     std::int64_t running = 0;
+    std::int64_t requesting = 0;  // job requests in flight
     std::set<int> concurrent_ids;
     std::string short_token;
 };
@@ -110,6 +111,8 @@ public:
                                      {"config", options_.config_path.string()}});
         asio::co_spawn(io_, handle_signals(), asio::detached);
         for (auto& r : runners_) {
+          // request_concurrency: how many job requests of this runner may be in flight at once.
+          for (std::int64_t i = 0; i < std::max<std::int64_t>(1, r->entry.request_concurrency); ++i) {
             ++pollers_;
             asio::co_spawn(io_, poll(*r), [this, &r](std::exception_ptr e) {
                 if (e) {
@@ -123,6 +126,7 @@ public:
                 --pollers_;
                 notify();
             });
+          }
         }
         asio::co_spawn(io_, wait_until_done(), asio::detached);
         schedule_trim();
@@ -209,25 +213,34 @@ private:
         }
     }
 
+    // A request in flight may bring a job, so it holds a slot as gitlab-runner's workers do:
+    // kiln never receives more jobs than `concurrent` and `limit` allow.
     bool has_capacity(const runner_slot& r) const {
-        if (running_total_ >= options_.settings.concurrent) {
+        if (running_total_ + requesting_total_ >= options_.settings.concurrent) {
             return false;
         }
-        return r.entry.limit <= 0 || r.running < r.entry.limit;
+        return r.entry.limit <= 0 || r.running + r.requesting < r.entry.limit;
     }
 
     asio::awaitable<void> poll(runner_slot& r) {
         using namespace asio::experimental::awaitable_operators;
         std::mt19937_64 rng{std::random_device{}()};
         int errors = 0;
+        int quick_204s = 0;
         while (!stopping_) {
             if (!has_capacity(r)) {
                 co_await wait_changed();
                 continue;
             }
             const auto started = std::chrono::steady_clock::now();
-            auto raced = co_await (r.api->request_job(r.entry.token, system_id_.id, r.last_update) ||
+            const std::string sent_last_update = r.last_update;
+            ++r.requesting;
+            ++requesting_total_;
+            auto raced = co_await (r.api->request_job(r.entry.token, system_id_.id, sent_last_update) ||
                                    stop_signal_.async_wait(use_tuple));
+            --r.requesting;
+            --requesting_total_;
+            notify();
             if (raced.index() == 1 || stopping_) {
                 break;
             }
@@ -251,14 +264,8 @@ private:
                         continue;  // ask again at once
                     case gitlab::request_job_status::no_job: {
                         errors = 0;
-                        // A held (long-polled) request already waited; otherwise pace by
-                        // check_interval.
-                        auto elapsed = std::chrono::steady_clock::now() - started;
-                        auto interval = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            options_.settings.check_interval);
-                        if (elapsed < interval) {
-                            wait = std::chrono::duration_cast<std::chrono::milliseconds>(interval - elapsed);
-                        }
+                        wait = no_job_wait(v.last_update, sent_last_update,
+                                           std::chrono::steady_clock::now() - started, quick_204s);
                         break;
                     }
                     case gitlab::request_job_status::invalid_job:
@@ -291,6 +298,37 @@ private:
                 co_await (t.async_wait(use_tuple) || stop_signal_.async_wait(use_tuple));
             }
         }
+    }
+
+    // When to ask again after "no job" (protocol.md §3.3). Workhorse answers a held request
+    // with a 204 *without* X-GitLab-Last-Update when the queue changed or its hold timed out,
+    // and Rails answers with a value that differs from ours when the queue moved on: both
+    // mean "ask again now", and the next request will be held. The same value back means
+    // nobody holds requests, so check_interval paces the polling. Quick header-less answers
+    // in a row would be a server that neither holds nor sends the header: pace those too.
+    std::chrono::milliseconds no_job_wait(const std::optional<std::string>& received,
+                                          const std::string& sent,
+                                          std::chrono::steady_clock::duration elapsed,
+                                          int& quick_204s) const {
+        const auto interval =
+            std::chrono::duration_cast<std::chrono::milliseconds>(options_.settings.check_interval);
+        auto rest = [&] {
+            return elapsed < interval
+                       ? std::chrono::duration_cast<std::chrono::milliseconds>(interval - elapsed)
+                       : 0ms;
+        };
+        if (received && *received == sent) {
+            quick_204s = 0;
+            return rest();
+        }
+        if (!received && elapsed < 100ms) {
+            if (++quick_204s > 3) {
+                return rest();
+            }
+        } else {
+            quick_204s = 0;
+        }
+        return 0ms;
     }
 
     asio::awaitable<void> fail_unusable_job(runner_slot& r, const gitlab::payload_error& p) {
@@ -358,6 +396,7 @@ private:
     std::vector<std::unique_ptr<runner_slot>> runners_;
     std::map<std::int64_t, std::shared_ptr<job_control>> jobs_;
     std::int64_t running_total_ = 0;
+    std::int64_t requesting_total_ = 0;
     std::int64_t finished_jobs_ = 0;
     int pollers_ = 0;
     bool stopping_ = false;

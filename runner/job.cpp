@@ -173,6 +173,20 @@ void job_run::prepare_environment() {
     tmp_dir_ = project_dir_;
     tmp_dir_ += ".tmp";
 
+    // The CA that verifies GitLab, for the job's own git and API calls (a file variable, as
+    // gitlab-runner provides it).
+    if (!r.tls_ca_file.empty() && gitlab::find_variable(job_.variables, "CI_SERVER_TLS_CA_FILE") == nullptr) {
+        std::ifstream in(r.tls_ca_file);
+        std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (!pem.empty()) {
+            gitlab::job_variable v;
+            v.key = "CI_SERVER_TLS_CA_FILE";
+            v.value = std::move(pem);
+            v.file = true;
+            job_.variables.push_back(std::move(v));
+        }
+    }
+
     std::map<std::string, std::size_t> index;
     auto set = [&](const std::string& k, const std::string& v) {
         if (auto it = index.find(k); it != index.end()) {
@@ -354,6 +368,16 @@ std::string job_run::git_script() const {
         if (clean != "none") {
             s += "git clean " + clean + "\n";
         }
+    }
+    const auto submodules = variable("GIT_SUBMODULE_STRATEGY");
+    if (submodules == "normal" || submodules == "recursive") {
+        const std::string recursive = submodules == "recursive" ? " --recursive" : "";
+        s += "echo 'Updating Git submodules...'\n";
+        s += "git submodule sync" + recursive + "\n";
+        s += "git submodule update --init" + recursive + " " +
+             variable("GIT_SUBMODULE_UPDATE_FLAGS") + "\n";
+    } else {
+        s += "echo 'Skipping Git submodules setup'\n";
     }
     return s;
 }

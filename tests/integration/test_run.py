@@ -124,6 +124,58 @@ class RunTest(unittest.TestCase):
         self.assertGreater(len(state["patches"]), 1)
         self.assert_consistent_trace(state)
 
+    def test_file_variables_and_the_gitlab_ca_are_files(self):
+        state = self.run_one(
+            ["cat \"$MY_CONFIG\"", "grep -q 'BEGIN CERTIFICATE' \"$CI_SERVER_TLS_CA_FILE\" && echo ca-ok",
+             "echo \"dir=$CI_PROJECT_DIR\"", "test \"$(pwd)\" = \"$CI_PROJECT_DIR\" && echo in-project"],
+            variables=[{"key": "MY_CONFIG", "value": "from-a-file-variable", "public": False,
+                        "masked": False, "file": True}])
+        self.assertEqual(state["state"], "success", state["trace"])
+        self.assertIn("\nfrom-a-file-variable", state["trace"])
+        self.assertIn("\nca-ok\n", state["trace"])
+        self.assertIn("\nin-project\n", state["trace"])
+        # builds_dir/<short token>/<concurrent id>/<namespace>/<project>
+        self.assertRegex(state["trace"], r"dir=.*/builds/[A-Za-z0-9_-]+/0/acme/widgets\n")
+
+    def test_submodules_are_fetched_recursively(self):
+        lib = os.path.join(self.dir, "lib.git")
+        lib_sha = harness.make_bare_repo(lib, {"lib.txt": "library content\n"})
+        self.gitlab.add_repo("acme/lib", lib)
+        work = os.path.join(self.dir, "app-work")
+        harness.git("init", "-q", "-b", "main", work)
+        harness.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", lib, "lib", cwd=work)
+        with open(os.path.join(work, ".gitmodules"), "w") as f:
+            f.write('[submodule "lib"]\n\tpath = lib\n\turl = ../lib.git\n')
+        harness.git("add", "-A", cwd=work)
+        harness.git("-c", "commit.gpgsign=false", "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "-q", "-m", "app with submodule", cwd=work)
+        sha = harness.git("rev-parse", "HEAD", cwd=work)
+        app = os.path.join(self.dir, "app.git")
+        harness.git("clone", "-q", "--bare", work, app)
+        self.gitlab.add_repo("acme/app", app)
+        job = self.gitlab.enqueue_job(
+            fixture="job_basic", repo="acme/app", sha=sha, runner_token=self.token,
+            script=["cat lib/lib.txt"],
+            variables=[{"key": "GIT_SUBMODULE_STRATEGY", "value": "recursive", "public": True,
+                        "masked": False}])
+        self.start_kiln("--max-jobs", "1")
+        self.assertEqual(self.proc.wait(timeout=120), 0, self.kiln_log())
+        state = self.gitlab.job(job["id"])
+        self.assertEqual(state["state"], "success", state["trace"])
+        self.assertIn("\nlibrary content\n", state["trace"])
+        self.assertEqual(lib_sha, harness.git("rev-parse", "HEAD", cwd=lib))
+
+    def test_a_failed_fetch_fails_the_job_clearly(self):
+        job = self.gitlab.enqueue_job(fixture="job_basic", repo="acme/widgets", sha="0" * 40,
+                                      runner_token=self.token, script=["echo never"])
+        self.start_kiln("--max-jobs", "1")
+        self.assertEqual(self.proc.wait(timeout=120), 0, self.kiln_log())
+        state = self.gitlab.job(job["id"])
+        self.assertEqual(state["state"], "failed")
+        self.assertIn("could not fetch the sources", state["trace"])
+        self.assertNotIn("\nnever\n", state["trace"])
+        self.assert_consistent_trace(state)
+
     def wait_running(self, job_id, text=None):
         def ready():
             j = self.gitlab.job(job_id)
