@@ -11,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -42,9 +43,17 @@ std::string request_body() {
     return body;
 }
 
+double cpu_seconds(clockid_t clock) {
+    timespec ts{};
+    ::clock_gettime(clock, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
 struct run_result {
     std::vector<double> latencies_us;
     double seconds = 0;
+    double client_cpu_seconds = 0;   // this (the client's) thread, user + system
+    double process_cpu_seconds = 0;  // both threads
     int failures = 0;
     std::string first_error;
     std::size_t client_connections = 0;
@@ -67,6 +76,8 @@ asio::awaitable<void> drive(net::http_client& client, int requests, run_result& 
         co_await client.send(req);
     }
     out.latencies_us.reserve(static_cast<std::size_t>(requests));
+    const double thread_cpu0 = cpu_seconds(CLOCK_THREAD_CPUTIME_ID);
+    const double process_cpu0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
     const auto start = clock_type::now();
     for (int i = 0; i < requests; ++i) {
         const auto t0 = clock_type::now();
@@ -82,6 +93,8 @@ asio::awaitable<void> drive(net::http_client& client, int requests, run_result& 
         out.latencies_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
     }
     out.seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    out.client_cpu_seconds = cpu_seconds(CLOCK_THREAD_CPUTIME_ID) - thread_cpu0;
+    out.process_cpu_seconds = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - process_cpu0;
 }
 
 kiln::test::server_options server_options_for(bool tls) {
@@ -139,6 +152,10 @@ bool run_mode(bool tls, int requests) {
         *std::max_element(result.latencies_us.begin(), result.latencies_us.end()),
         result.client_connections, server.connections_accepted(), result.failures
     );
+    const double per_request_us = 1e6 / requests;
+    std::printf("       CPU per request: client %.1fus, server %.1fus (user + kernel)\n",
+                result.client_cpu_seconds * per_request_us,
+                (result.process_cpu_seconds - result.client_cpu_seconds) * per_request_us);
     if (result.failures > 0) {
         std::printf("       first failure: %s\n", result.first_error.c_str());
     }
