@@ -7,6 +7,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -261,6 +262,9 @@ private:
                     case gitlab::request_job_status::job_received:
                         errors = 0;
                         start_job(r, std::move(*v.job));
+                        // Let the job's first PUT take the kept-alive connection this answer
+                        // came on; the next (long-held) request can afford a new one.
+                        co_await asio::post(io_.get_executor(), asio::use_awaitable);
                         continue;  // ask again at once
                     case gitlab::request_job_status::no_job: {
                         errors = 0;

@@ -2071,6 +2071,15 @@ class Handler(BaseHTTPRequestHandler):
 
     server: "EmulatorServer"
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without TCP_NODELAY the body waits for
+        # the client's delayed ACK (~40 ms), a stall GitLab's own front ends do not have.
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
     def do_GET(self) -> None:
         self._serve()
 
