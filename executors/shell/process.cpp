@@ -101,6 +101,8 @@ child_process::child_process(asio::any_io_executor ex, const process_spec& spec)
         throw std::system_error(err, std::generic_category(), "pidfd_open");
     }
     impl_->exit_fd.assign(pidfd);
+    // A larger pipe lets a chatty job write more between kiln's reads (fewer wake-ups).
+    ::fcntl(read_end.fd, F_SETPIPE_SZ, 256 * 1024);
     impl_->output.assign(read_end.fd);
     read_end.fd = -1;
 }
@@ -127,7 +129,7 @@ asio::awaitable<exit_status> child_process::run(std::function<void(std::string_v
     exit_status status;
 
     auto read_all = [&]() -> asio::awaitable<void> {
-        std::array<char, 16384> buf;
+        std::array<char, 65536> buf;
         for (;;) {
             auto [ec, n] = co_await s.output.async_read_some(asio::buffer(buf), use_tuple);
             if (n > 0) {

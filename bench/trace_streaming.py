@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Cost of streaming job logs, measured on the real kiln binary against the GitLab emulator
+over HTTPS:
+
+1. CPU: kiln's user+system CPU time (from /proc/PID/stat) for one job that prints ~100 MB of
+   base64 text, minus the CPU of the same kiln running a job that prints nothing. Reported as
+   ms per MB of log.
+2. Memory: kiln's RSS with N jobs streaming logs at the same time, against the RSS with one,
+   as the growth per additional concurrent job.
+
+usage: bench/trace_streaming.py [--mb 100] [--jobs 8] [--kiln build/release/runner/kiln]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "emulator"))
+import harness  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NONE = [{"key": "GIT_STRATEGY", "value": "none", "public": True, "masked": False}]
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Kiln:
+    def __init__(self, gitlab, kiln_bin, work, concurrent):
+        self.gitlab = gitlab
+        self.runner = gitlab.create_runner(kind="glrt")
+        config = os.path.join(work, "config.toml")
+        with open(config, "w") as f:
+            f.write(f'concurrent = {concurrent}\ncheck_interval = 1\n\n[[runners]]\n'
+                    f'  name = "bench"\n  url = "{gitlab.url}"\n  token = "{self.runner["token"]}"\n'
+                    f'  tls-ca-file = "{gitlab.ca_file}"\n  executor = "shell"\n'
+                    f'  output_limit = 200000\n  request_concurrency = {concurrent}\n'
+                    f'  builds_dir = "{os.path.join(work, "builds")}"\n')
+        self.log = open(os.path.join(work, "kiln.log"), "w")
+        self.proc = subprocess.Popen([kiln_bin, "run", "--config", config], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def job(self, script):
+        return self.gitlab.enqueue_job(fixture="job_basic", runner_token=self.runner["token"],
+                                       script=script, after_script=[], variables=NONE)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=100)
+    ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--kiln", default=os.path.join(ROOT, "build", "release", "runner", "kiln"))
+    args = ap.parse_args()
+
+    with harness.Emulator(tls=True, long_poll=50) as gitlab:
+        gitlab.configure(trace_limit_bytes=1 << 30, trace_update_interval=3)
+        work = tempfile.mkdtemp(prefix="kiln-trace-bench-")
+        kiln = Kiln(gitlab, args.kiln, work, max(2, args.jobs))
+        try:
+            # Baseline: the fixed cost of a job (git none, stages, updates) without output.
+            idle = kiln.job(["true"])
+            gitlab.wait_job_state(idle["id"], timeout=120)
+            before = cpu_seconds(kiln.proc.pid)
+            empty = kiln.job(["true"])
+            gitlab.wait_job_state(empty["id"], timeout=120)
+            fixed = cpu_seconds(kiln.proc.pid) - before
+
+            raw = args.mb * 1000 * 1000 * 3 // 4  # base64 grows 4/3
+            before = cpu_seconds(kiln.proc.pid)
+            big = kiln.job([f"head -c {raw} /dev/urandom | base64 -w 100"])
+            state = gitlab.wait_job_state(big["id"], timeout=600)
+            used = cpu_seconds(kiln.proc.pid) - before - fixed
+            size_mb = state["trace_size"] / 1e6
+            ok = state["state"] == "success" and state["checksum_ok"]
+            print(f"CPU: {used * 1000:.0f} ms for a {size_mb:.1f} MB log = "
+                  f"{used * 1000 / size_mb:.2f} ms/MB (job {state['state']}, checksum_ok={ok}; "
+                  f"fixed per-job cost {fixed * 1000:.0f} ms subtracted)")
+
+            # Memory: jobs that print steadily for a while, all at once.
+            script = ["for i in $(seq 1 400); do echo \"line $i $(date +%s%N)\"; sleep 0.05; done"]
+            time.sleep(3)
+            base_job = kiln.job(script)
+            gitlab.wait_for(lambda: gitlab.job(base_job["id"])["state"] == "running", timeout=60)
+            time.sleep(4)
+            one = rss_kib(kiln.proc.pid)
+            gitlab.wait_job_state(base_job["id"], timeout=120)
+            jobs = [kiln.job(script) for _ in range(args.jobs)]
+            gitlab.wait_for(lambda: all(gitlab.job(j["id"])["state"] == "running" for j in jobs),
+                            timeout=60)
+            time.sleep(4)
+            many = rss_kib(kiln.proc.pid)
+            for j in jobs:
+                gitlab.wait_job_state(j["id"], timeout=300)
+            growth = (many - one) / (args.jobs - 1)
+            print(f"RSS: {one} KiB with 1 streaming job, {many} KiB with {args.jobs}: "
+                  f"{growth:.0f} KiB per additional concurrent job")
+        finally:
+            kiln.stop()
+
+
+if __name__ == "__main__":
+    main()
