@@ -130,7 +130,9 @@ TEST_CASE("a 429 with Retry-After is retried after that many seconds", "[gitlab-
 }
 
 TEST_CASE("a 501 is final", "[gitlab-client]") {
-    test_http_server server(respond_with(501, "{\"message\":\"501 Not Implemented\"}", json_type()));
+    test_http_server server(
+        respond_with(501, "{\"message\":\"501 Not Implemented\"}", json_type())
+    );
     run_coroutine_test(
         [&]() -> asio::awaitable<void> {
             auto ex = co_await asio::this_coro::executor;

@@ -215,7 +215,9 @@ TEST_CASE("a refused connection is a connect error naming the address", "[net]")
 
 TEST_CASE("TLS verifies the server against the configured CA", "[net][tls]") {
     const auto& certs = test_certs();
-    test_http_server server(respond_with(200, "secure"), tls_server(certs.server, certs.server_key));
+    test_http_server server(
+        respond_with(200, "secure"), tls_server(certs.server, certs.server_key)
+    );
 
     SECTION("the right CA, by IP address and by name") {
         const std::string host = GENERATE("127.0.0.1", "localhost");
@@ -249,7 +251,9 @@ TEST_CASE("TLS verifies the server against the configured CA", "[net][tls]") {
                 REQUIRE_FALSE(out.response);
                 CHECK(out.error.what == kind::tls_verify);
                 CHECK_THAT(out.error.message, Catch::Contains("certificate verify failed"));
-                CHECK_THAT(out.error.message, Catch::Contains("unable to get local issuer certificate"));
+                CHECK_THAT(
+                    out.error.message, Catch::Contains("unable to get local issuer certificate")
+                );
                 CHECK_THAT(out.error.message, Catch::Contains(server.url()));
             },
             5s

@@ -52,13 +52,17 @@ cert_paths make_test_certs(const std::filesystem::path& dir) {
     // make_certs.sh has no certificate for a name other than localhost; a hostname-mismatch
     // test needs one. Locked, like make_certs.sh, because ctest runs test cases in parallel.
     const auto d = quoted(dir);
-    run("cd " + d + " && flock .wrong_name.lock sh -c '"
-        "test -s wrong-name.pem && openssl verify -CAfile ca.pem wrong-name.pem >/dev/null 2>&1 || {"
+    run("cd " + d +
+        " && flock .wrong_name.lock sh -c '"
+        "test -s wrong-name.pem &&"
+        " openssl verify -CAfile ca.pem wrong-name.pem >/dev/null 2>&1 || {"
         " openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
         " -keyout wrong-name-key.pem -out wrong-name.csr -subj /CN=other.example 2>/dev/null &&"
-        " printf \"subjectAltName=DNS:other.example\\nextendedKeyUsage=serverAuth\\n\" > wrong-name.ext &&"
-        " openssl x509 -req -in wrong-name.csr -CA ca.pem -CAkey ca-key.pem -set_serial 0x$(openssl rand -hex 16)"
-        " -days 825 -sha256 -extfile wrong-name.ext -out wrong-name.tmp 2>/dev/null &&"
+        " printf \"subjectAltName=DNS:other.example\\nextendedKeyUsage=serverAuth\\n\""
+        " > wrong-name.ext &&"
+        " openssl x509 -req -in wrong-name.csr -CA ca.pem -CAkey ca-key.pem"
+        " -set_serial 0x$(openssl rand -hex 16) -days 825 -sha256 -extfile wrong-name.ext"
+        " -out wrong-name.tmp 2>/dev/null &&"
         " mv wrong-name.tmp wrong-name.pem && rm -f wrong-name.csr wrong-name.ext; }'");
     return paths;
 }
