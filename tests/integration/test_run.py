@@ -177,6 +177,22 @@ class RunTest(unittest.TestCase):
         self.assertNotIn("\nnever\n", state["trace"])
         self.assert_consistent_trace(state)
 
+    def test_secret_split_at_every_offset_across_patches(self):
+        secret = "Zq8-x7Lm"
+        # Print the secret in two pieces around a pause longer than the update interval, for
+        # every cut point, so the pieces would land in different PATCHes if kiln let them go.
+        script = [f'for k in $(seq 1 {len(secret) - 1}); do printf "%s" "${{SPLIT_SECRET:0:$k}}"; '
+                  f'sleep 1.3; printf "%s\\n" "${{SPLIT_SECRET:$k}}"; done']
+        state = self.run_one(script, variables=[{"key": "SPLIT_SECRET", "value": secret,
+                                                 "public": False, "masked": True}])
+        self.assertEqual(state["state"], "success", state["trace"])
+        self.assertNotIn(secret, state["trace"])
+        self.assertEqual(state["trace"].splitlines().count("[MASKED]"), len(secret) - 1,
+                         state["trace"])
+        self.assertGreaterEqual(len([p for p in state["patches"] if p["status"] == 202]),
+                                len(secret) - 1)
+        self.assert_consistent_trace(state)
+
     def wait_running(self, job_id, text=None):
         def ready():
             j = self.gitlab.job(job_id)
