@@ -181,7 +181,9 @@ class RunTest(unittest.TestCase):
         secret = "Zq8-x7Lm"
         # Print the secret in two pieces around a pause longer than the update interval, for
         # every cut point, so the pieces would land in different PATCHes if kiln let them go.
-        script = [f'for k in $(seq 1 {len(secret) - 1}); do printf "%s" "${{SPLIT_SECRET:0:$k}}"; '
+        # (The first PATCH goes out after the initial 3 s interval; GitLab then asks for 1 s.)
+        script = ["echo warming up; sleep 3.5",
+                  f'for k in $(seq 1 {len(secret) - 1}); do printf "%s" "${{SPLIT_SECRET:0:$k}}"; '
                   f'sleep 1.3; printf "%s\\n" "${{SPLIT_SECRET:$k}}"; done']
         state = self.run_one(script, variables=[{"key": "SPLIT_SECRET", "value": secret,
                                                  "public": False, "masked": True}])
