@@ -71,3 +71,10 @@ python_reference tls
 echo
 echo "== rss_idle (kiln run, idle, one TLS connection with a held long poll)"
 bench/rss_idle.sh "$build/runner/kiln" || echo "(rss_idle failed)"
+
+# Benchmarks of the whole binary against the emulator, each with its own usage line.
+for py in bench/*.py; do
+  echo
+  echo "== $(basename "$py")"
+  python3 "$py" --kiln "$build/runner/kiln" || echo "($(basename "$py") failed)"
+done
