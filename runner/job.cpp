@@ -15,7 +15,7 @@
 #include <fstream>
 #include <map>
 
-#include "executors/shell/process.hpp"
+#include "executors/shell/shell_executor.hpp"
 #include "executors/shell/script_builder.hpp"
 #include "runner/gitlab/tokens.hpp"
 #include "runner/trace/trace_buffer.hpp"
@@ -23,7 +23,6 @@
 #include "runner/util/logging.hpp"
 #include "runner/version.hpp"
 
-extern char** environ;
 
 namespace kiln {
 namespace {
@@ -61,11 +60,6 @@ std::string host_name() {
 
 enum class stop_reason { none, graceful_cancel, abort, timeout };
 
-struct stage_result {
-    executors::exit_status status;
-    std::string system_error;  // the stage could not run at all
-};
-
 class job_run {
 public:
     job_run(asio::any_io_executor ex, job_context ctx, gitlab::job_spec job,
@@ -73,7 +67,7 @@ public:
         : ex_(ex), ctx_(ctx), job_(std::move(job)), control_(std::move(control)),
           buffer_(trace_limit(ctx.runner), secrets(job_)),
           streamer_(ex, ctx.api, job_.id, job_.token, buffer_), deadline_timer_(ex),
-          kill_timer_(ex) {}
+          kill_timer_(ex), host_(ex, ctx.runner.shell), stages_exec_(host_) {}
 
     asio::awaitable<job_outcome> run();
 
@@ -121,7 +115,9 @@ private:
     }
 
     void prepare_environment();
-    asio::awaitable<stage_result> run_stage(const std::string& name, const std::string& script);
+    asio::awaitable<executors::stage_result> run_stage(executors::executor& exec,
+                                                       const std::string& name,
+                                                       const std::string& script);
     std::string git_script() const;
     void stop_current(stop_reason why);
     void on_remote_cancel(trace::remote_cancel c);
@@ -142,7 +138,10 @@ private:
     std::filesystem::path project_dir_;
     std::filesystem::path tmp_dir_;
     std::vector<std::pair<std::string, std::string>> env_;  // job environment, in order
-    executors::child_process* current_ = nullptr;
+    // Sources are fetched on this host; user stages run in the job's executor.
+    executors::shell_executor host_;
+    executors::executor& stages_exec_;
+    executors::executor* running_ = nullptr;
     bool in_user_script_ = false;
     stop_reason stop_ = stop_reason::none;
     job_outcome outcome_;
@@ -229,46 +228,20 @@ void job_run::prepare_environment() {
     }
 }
 
-asio::awaitable<stage_result> job_run::run_stage(const std::string& name,
-                                                  const std::string& script) {
-    stage_result result;
+asio::awaitable<executors::stage_result> job_run::run_stage(executors::executor& exec,
+                                                             const std::string& name,
+                                                             const std::string& script) {
+    executors::stage_request req;
+    req.name = name;
+    req.script = script;
+    req.env = env_;
     std::error_code ec;
-    std::filesystem::create_directories(tmp_dir_, ec);
-    std::filesystem::permissions(tmp_dir_, std::filesystem::perms::owner_all, ec);
-    auto script_path = tmp_dir_ / (name + ".sh");
-    {
-        std::ofstream f(script_path, std::ios::trunc);
-        f << script;
-        if (!f) {
-            result.system_error = "cannot write " + script_path.string();
-            co_return result;
-        }
-    }
-    std::filesystem::permissions(script_path, std::filesystem::perms::owner_read |
-                                                  std::filesystem::perms::owner_write,
-                                 ec);
-
-    executors::process_spec spec;
-    const std::string shell = ctx_.runner.shell == "sh" ? "sh" : "bash";
-    spec.argv = {shell, script_path.string()};
-    for (char** e = environ; *e != nullptr; ++e) {
-        spec.env.emplace_back(*e);
-    }
-    for (const auto& [k, v] : env_) {
-        spec.env.push_back(k + "=" + v);
-    }
-    spec.cwd = std::filesystem::exists(project_dir_) ? project_dir_ : builds_dir_;
-    try {
-        executors::child_process child(ex_, spec);
-        current_ = &child;
-        result.status = co_await child.run([this](std::string_view s) { out(s); });
-        current_ = nullptr;
-        kill_timer_.cancel();
-    } catch (const std::exception& e) {
-        current_ = nullptr;
-        result.system_error = e.what();
-    }
-    std::filesystem::remove(script_path, ec);
+    req.working_directory = std::filesystem::exists(project_dir_, ec) ? project_dir_ : builds_dir_;
+    req.scratch_directory = tmp_dir_;
+    running_ = &exec;
+    auto result = co_await exec.run_stage(std::move(req), [this](std::string_view s) { out(s); });
+    running_ = nullptr;
+    kill_timer_.cancel();
     co_return result;
 }
 
@@ -276,22 +249,22 @@ void job_run::stop_current(stop_reason why) {
     if (stop_ == stop_reason::none || why == stop_reason::abort) {
         stop_ = why;
     }
-    if (current_ == nullptr) {
+    if (running_ == nullptr) {
         return;
     }
     if (why == stop_reason::abort) {
-        current_->signal_group(SIGKILL);
+        running_->signal_stage(SIGKILL);
         return;
     }
     // A graceful cancel or timeout stops only the user's script, with time to clean up.
     if (why == stop_reason::graceful_cancel && !in_user_script_) {
         return;
     }
-    current_->signal_group(SIGTERM);
+    running_->signal_stage(SIGTERM);
     kill_timer_.expires_after(5s);
     kill_timer_.async_wait([this](boost::system::error_code ec) {
-        if (!ec && current_ != nullptr) {
-            current_->signal_group(SIGKILL);
+        if (!ec && running_ != nullptr) {
+            running_->signal_stage(SIGKILL);
         }
     });
 }
@@ -337,6 +310,10 @@ std::string job_run::git_script() const {
     s += "  echo 'Initialized empty Git repository'\n  mkdir -p " + dir + "\n  cd " + dir +
          "\n  git init -q\n  git remote add origin " + url + "\n";
     s += "fi\n";
+    if (!ctx_.runner.tls_ca_file.empty()) {
+        // The job's own git calls in this checkout trust GitLab's CA too.
+        s += "git config http.sslCAInfo " + shell_quote(ctx_.runner.tls_ca_file) + "\n";
+    }
     std::string depth;
     if (job_.git.depth > 0) {
         depth = " --depth " + std::to_string(job_.git.depth);
@@ -419,16 +396,16 @@ asio::awaitable<void> job_run::stages() {
             script += r.pre_get_sources_script + "\n";
         }
         script += git_script();
-        auto g = co_await run_stage("get_sources", script);
+        auto g = co_await run_stage(host_, "get_sources", script);
         section_end("get_sources");
         if (!g.system_error.empty()) {
             failure = "runner_system_failure";
             failure_message = "could not fetch the sources: " + g.system_error;
-        } else if (g.status.exit_code != 0 && stop_ == stop_reason::none) {
+        } else if (g.exit_code != 0 && stop_ == stop_reason::none) {
             failure = "script_failure";
-            exit_code = g.status.exit_code;
+            exit_code = g.exit_code;
             failure_message = "could not fetch the sources (git exited with " +
-                              std::to_string(g.status.exit_code) + ")";
+                              std::to_string(g.exit_code) + ")";
         }
     }
 
@@ -470,14 +447,14 @@ asio::awaitable<void> job_run::stages() {
             st.commands.push_back(r.post_build_script);
         }
         in_user_script_ = true;
-        auto res = co_await run_stage(section, executors::build_stage_script(st));
+        auto res = co_await run_stage(stages_exec_, section, executors::build_stage_script(st));
         in_user_script_ = false;
         section_end(section);
         if (!res.system_error.empty()) {
             failure = "runner_system_failure";
             failure_message = res.system_error;
-        } else if (stop_ == stop_reason::none && res.status.exit_code != 0) {
-            exit_code = res.status.exit_code;
+        } else if (stop_ == stop_reason::none && res.exit_code != 0) {
+            exit_code = res.exit_code;
             if (!step.allow_failure) {
                 failure = "script_failure";
                 failure_message = "exit code " + std::to_string(exit_code);
@@ -499,11 +476,11 @@ asio::awaitable<void> job_run::stages() {
         executors::stage_script st;
         st.working_directory = project_dir_.string();
         st.commands = after_script->script;
-        auto res = co_await run_stage("after_script", executors::build_stage_script(st));
+        auto res = co_await run_stage(stages_exec_, "after_script", executors::build_stage_script(st));
         section_end("after_script");
-        if (res.status.exit_code != 0 && res.system_error.empty()) {
+        if (res.exit_code != 0 && res.system_error.empty()) {
             line(ansi_bold_yellow, "WARNING: after_script failed, but job will continue unaffected: "
-                                   "exit code " + std::to_string(res.status.exit_code));
+                                   "exit code " + std::to_string(res.exit_code));
         }
     }
 

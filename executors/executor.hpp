@@ -1,0 +1,49 @@
+#pragma once
+// What the job needs from an executor: run one stage's script and stream its output, stop it on
+// request, and clean up. The job (runner/job.cpp) decides which stages run and in what order;
+// executors never talk to GitLab.
+
+#include <boost/asio/awaitable.hpp>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace kiln::executors {
+
+struct stage_request {
+    std::string name;    // "get_sources", "step_script", "after_script", …
+    std::string script;  // from script_builder
+    std::vector<std::pair<std::string, std::string>> env;  // the job's variables, in order
+    std::filesystem::path working_directory;
+    std::filesystem::path scratch_directory;  // private to the job (mode 0700), for scripts
+};
+
+struct stage_result {
+    int exit_code = 0;           // 128 + signal when killed by a signal
+    int signal = 0;
+    bool out_of_memory = false;  // the kernel killed it for memory (Docker executor)
+    std::string system_error;    // the stage could not run at all; exit_code is meaningless
+};
+
+using output_sink = std::function<void(std::string_view)>;
+
+class executor {
+public:
+    virtual ~executor() = default;
+
+    /// Runs one stage to completion, delivering output as it is written. Completes when the
+    /// stage has ended and its output is drained.
+    virtual boost::asio::awaitable<stage_result> run_stage(stage_request request,
+                                                           output_sink sink) = 0;
+
+    /// Sends `sig` to everything the running stage started (no-op between stages).
+    virtual void signal_stage(int sig) = 0;
+
+    /// Removes what the executor created for the job. Runs after cancel and failure too.
+    virtual boost::asio::awaitable<void> cleanup() = 0;
+};
+
+}  // namespace kiln::executors
