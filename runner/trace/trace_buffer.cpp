@@ -1,142 +1,219 @@
 #include "runner/trace/trace_buffer.hpp"
 
+#include <fcntl.h>
 #include <libdeflate.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 namespace kiln::trace {
 namespace {
 
-std::string_view trim(std::string_view s) {
-    const auto* ws = " \t\r\n\v\f";
-    auto b = s.find_first_not_of(ws);
-    if (b == std::string_view::npos) {
-        return {};
+// Output is masked in pieces of at most this size, which bounds the scratch buffers whatever the
+// size of one write (masking rarely makes a piece longer; the buffers can grow if it does).
+constexpr std::size_t piece_bytes = 8 * 1024;
+constexpr std::size_t scratch_bytes = piece_bytes + piece_bytes / 4;
+// Final bytes gather in memory up to this size before one write to the spool file.
+constexpr std::size_t spool_batch = 32 * 1024;
+
+std::string spool_directory(const std::string& configured) {
+    if (!configured.empty()) {
+        return configured;
     }
-    auto e = s.find_last_not_of(ws);
-    return s.substr(b, e - b + 1);
+    const char* tmp = std::getenv("TMPDIR");
+    return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
 }
 
-// Length of the longest suffix of `text` that is a proper prefix of some secret: those bytes
-// may still turn into a secret when more output arrives.
-std::size_t partial_secret_suffix(std::string_view text, const std::vector<std::string>& secrets,
-                                  std::size_t longest) {
-    std::size_t max_check = std::min(text.size(), longest > 0 ? longest - 1 : 0);
-    for (std::size_t n = max_check; n > 0; --n) {
-        auto tail = text.substr(text.size() - n);
-        for (const auto& s : secrets) {
-            if (s.size() > n && s.compare(0, n, tail) == 0) {
-                return n;
-            }
-        }
+// An anonymous file: it has no name from the start (O_TMPFILE) or loses it at once, so it goes
+// away with the descriptor even if kiln is killed.
+int open_spool(const std::string& dir) {
+#ifdef O_TMPFILE
+    if (int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600); fd >= 0) {
+        return fd;
     }
-    return 0;
+#endif
+    std::string path = dir + "/kiln-trace-XXXXXX";
+    const int fd = ::mkostemp(path.data(), O_CLOEXEC);
+    if (fd >= 0) {
+        ::unlink(path.c_str());
+    }
+    return fd;
+}
+
+bool pwrite_all(int fd, const char* p, std::size_t n, std::size_t offset) {
+    while (n > 0) {
+        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return false;
+        }
+        p += w;
+        n -= static_cast<std::size_t>(w);
+        offset += static_cast<std::size_t>(w);
+    }
+    return true;
+}
+
+masker_options masking(std::vector<std::string> secrets, const trace_options& o) {
+    masker_options m;
+    m.phrases = std::move(secrets);
+    m.token_prefixes = o.token_prefixes;
+    m.mask_all_default_tokens = o.mask_all_default_tokens;
+    return m;
 }
 
 }  // namespace
 
-trace_buffer::trace_buffer(std::size_t limit_bytes, std::vector<std::string> secrets)
-    : limit_(limit_bytes) {
-    for (auto& s : secrets) {
-        auto t = trim(s);
-        if (!t.empty()) {
-            secrets_.emplace_back(t);
-        }
-    }
-    // Longest first, so a secret that contains another is masked whole.
-    std::sort(secrets_.begin(), secrets_.end(),
-              [](const auto& a, const auto& b) { return a.size() > b.size(); });
-    secrets_.erase(std::unique(secrets_.begin(), secrets_.end()), secrets_.end());
-    for (const auto& s : secrets_) {
-        longest_secret_ = std::max(longest_secret_, s.size());
+trace_buffer::trace_buffer(std::size_t limit_bytes, std::vector<std::string> secrets,
+                           trace_options options)
+    : limit_(limit_bytes), masker_(masking(std::move(secrets), options)),
+      fd_(open_spool(spool_directory(options.spool_dir))) {}
+
+trace_buffer::~trace_buffer() {
+    if (fd_ >= 0) {
+        ::close(fd_);
     }
 }
 
 void trace_buffer::write(std::string_view data) {
-    if (truncated_) {
-        return;
+    if (masked_.capacity() < scratch_bytes) {
+        masked_.reserve(scratch_bytes);
+        clean_.reserve(scratch_bytes);
     }
-    held_.append(data);
-    std::string out;
-    std::size_t pos = 0;
-    const std::string_view text = held_;
-    while (pos < text.size()) {
-        // Earliest match wins; at equal positions the longest (secrets_ is sorted so).
-        std::size_t best = std::string_view::npos;
-        std::size_t best_len = 0;
-        for (const auto& s : secrets_) {
-            auto at = text.find(s, pos);
-            if (at < best) {
-                best = at;
-                best_len = s.size();
-            }
-        }
-        if (best == std::string_view::npos) {
-            break;
-        }
-        out.append(text.substr(pos, best - pos));
-        out.append(masked_text);
-        pos = best + best_len;
+    while (!data.empty() && !truncated_) {
+        const auto piece = data.substr(0, piece_bytes);
+        data.remove_prefix(piece.size());
+        masked_.clear();
+        masker_.write(piece, masked_);
+        process(masked_);
     }
-    auto rest = text.substr(pos);
-    auto keep = partial_secret_suffix(rest, secrets_, longest_secret_);
-    out.append(rest.substr(0, rest.size() - keep));
-    held_ = std::string(rest.substr(rest.size() - keep));
-    commit(out);
 }
 
 void trace_buffer::close() {
-    if (!held_.empty()) {
-        auto rest = std::move(held_);
-        held_.clear();
-        commit(rest);
+    if (!truncated_) {
+        masked_.clear();
+        masker_.flush(masked_);
+        process(masked_);
+        clean_.clear();
+        utf8_.flush(clean_);
+        commit(clean_);
+    }
+    flush_spool();
+    for (auto* s : {&masked_, &clean_}) {
+        s->clear();
+        s->shrink_to_fit();
+    }
+    if (pending_.empty()) {
+        pending_.shrink_to_fit();
     }
 }
 
-void trace_buffer::commit(std::string_view masked) {
-    if (truncated_ || masked.empty()) {
+void trace_buffer::process(std::string_view masked) {
+    if (masked.empty()) {
         return;
     }
-    std::string_view take = masked;
-    bool cut = false;
-    if (data_.size() + masked.size() > limit_) {
-        std::size_t room = limit_ - data_.size();
-        // Do not split a UTF-8 sequence: back off over continuation bytes (at most 3).
-        std::size_t n = room;
-        for (int i = 0; i < 3 && n > 0 && n < masked.size() &&
-                        (static_cast<unsigned char>(masked[n]) & 0xC0) == 0x80;
-             ++i) {
-            --n;
-        }
-        take = masked.substr(0, n);
-        cut = true;
-    }
-    auto append = [this](std::string_view s) {
-        crc_ = libdeflate_crc32(crc_, s.data(), s.size());
-        data_.append(s);
-    };
-    append(take);
-    if (cut) {
-        truncated_ = true;
-        held_.clear();
-        append("\n\x1b[33;1mJob's log exceeded limit of " + std::to_string(limit_) +
-               " bytes.\nJob execution will continue but no more output will be collected."
-               "\x1b[0;m\n");
-    }
+    clean_.clear();
+    utf8_.write(masked, clean_);
+    commit(clean_);
 }
 
-std::string_view trace_buffer::slice(std::size_t offset, std::size_t max) const {
-    if (offset >= data_.size()) {
+void trace_buffer::commit(std::string_view bytes) {
+    if (truncated_ || bytes.empty()) {
+        return;
+    }
+    if (size_ + bytes.size() <= limit_) {
+        append(bytes);
+        return;
+    }
+    // Cut at the limit, backing off over continuation bytes (bytes are valid UTF-8 here) so the
+    // cut never splits a character.
+    std::size_t n = limit_ - size_;
+    for (int i = 0; i < 3 && n > 0 && (static_cast<unsigned char>(bytes[n]) & 0xC0) == 0x80; ++i) {
+        --n;
+    }
+    append(bytes.substr(0, n));
+    truncated_ = true;
+    append("\n\x1b[33;1mJob's log exceeded limit of " + std::to_string(limit_) +
+           " bytes.\nJob execution will continue but no more output will be collected."
+           "\x1b[0;m\n");
+}
+
+void trace_buffer::append(std::string_view bytes) {
+    crc_ = libdeflate_crc32(crc_, bytes.data(), bytes.size());
+    size_ += bytes.size();
+    if (pending_.size() + bytes.size() > spool_batch) {
+        flush_spool();
+    }
+    if (pending_.empty() && bytes.size() >= spool_batch && spooled()) {
+        if (pwrite_all(fd_, bytes.data(), bytes.size(), spooled_)) {
+            spooled_ += bytes.size();
+            return;
+        }
+        spool_failed_ = true;
+    }
+    if (pending_.capacity() < spool_batch) {
+        pending_.reserve(spool_batch);
+    }
+    pending_.append(bytes);
+}
+
+void trace_buffer::flush_spool() {
+    if (fd_ < 0 || spool_failed_ || pending_.empty()) {
+        return;
+    }
+    if (!pwrite_all(fd_, pending_.data(), pending_.size(), spooled_)) {
+        // Keep the bytes in memory rather than lose them; the limit still bounds them. Whatever
+        // a failed pwrite left in the file is past spooled_ and never read.
+        spool_failed_ = true;
+        return;
+    }
+    spooled_ += pending_.size();
+    pending_.clear();
+}
+
+std::string trace_buffer::slice(std::size_t offset, std::size_t max) const {
+    if (offset >= size_) {
         return {};
     }
-    return std::string_view(data_).substr(offset, max);
+    std::string out(std::min(max, size_ - offset), '\0');
+    std::size_t done = 0;
+    if (offset < spooled_) {
+        const std::size_t want = std::min(out.size(), spooled_ - offset);
+        while (done < want) {
+            const ssize_t r = ::pread(fd_, out.data() + done, want - done,
+                                      static_cast<off_t>(offset + done));
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r <= 0) {
+                out.resize(done);  // a read error: hand out what was read
+                return out;
+            }
+            done += static_cast<std::size_t>(r);
+        }
+    }
+    if (done < out.size()) {
+        std::memcpy(out.data() + done, pending_.data() + (offset + done - spooled_),
+                    out.size() - done);
+    }
+    return out;
 }
 
 std::string trace_buffer::checksum() const {
     char buf[32];
     std::snprintf(buf, sizeof buf, "crc32:%08x", crc_);
     return buf;
+}
+
+std::size_t trace_buffer::memory_footprint() const {
+    return sizeof(*this) + masker_.memory_footprint() + masked_.capacity() + clean_.capacity() +
+           pending_.capacity();
 }
 
 }  // namespace kiln::trace

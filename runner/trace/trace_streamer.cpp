@@ -39,7 +39,7 @@ asio::awaitable<bool> trace_streamer::send_once() {
         co_return true;
     }
     const auto start = static_cast<std::int64_t>(sent_);
-    auto r = co_await api_.patch_trace(job_id_, job_token_, std::string(chunk), start, false);
+    auto r = co_await api_.patch_trace(job_id_, job_token_, std::move(chunk), start, false);
     if (!r.reached()) {
         log::warn("sending the job log failed: " + r.transport.message, {{"job", job_id_}});
         co_return false;

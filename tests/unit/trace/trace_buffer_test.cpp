@@ -1,8 +1,13 @@
 #include <catch2/catch.hpp>
 
+#include <dirent.h>
 #include <libdeflate.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <random>
 #include <string>
 
 #include "runner/trace/trace_buffer.hpp"
@@ -17,13 +22,41 @@ std::string crc_of(const std::string& s) {
     return buf;
 }
 
+std::string notice(std::size_t limit) {
+    return "\n\x1b[33;1mJob's log exceeded limit of " + std::to_string(limit) +
+           " bytes.\nJob execution will continue but no more output will be collected.\x1b[0;m\n";
+}
+
+// Resident set size of this process, in KiB.
+long vm_rss_kib() {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    while (std::getline(f, line)) {
+        if (line.rfind("VmRSS:", 0) == 0) {
+            return std::stol(line.substr(6));
+        }
+    }
+    return -1;
+}
+
+std::size_t entries_in(const std::string& dir) {
+    std::size_t n = 0;
+    if (DIR* d = ::opendir(dir.c_str())) {
+        while (auto* e = ::readdir(d)) {
+            n += std::string(e->d_name) != "." && std::string(e->d_name) != "..";
+        }
+        ::closedir(d);
+    }
+    return n;
+}
+
 }  // namespace
 
 TEST_CASE("masked values are replaced before output becomes visible", "[trace]") {
     trace_buffer b(1 << 20, {"s3cr3t-Passw0rd", "  glcbt-64_token  ", ""});
     b.write("password=s3cr3t-Passw0rd token=glcbt-64_token\n");
     b.close();
-    CHECK(std::string(b.contents()) == "password=[MASKED] token=[MASKED]\n");
+    CHECK(b.contents() == "password=[MASKED] token=[MASKED]\n");
 }
 
 TEST_CASE("a secret split at every byte offset across two writes is masked", "[trace]") {
@@ -34,10 +67,11 @@ TEST_CASE("a secret split at every byte offset across two writes is masked", "[t
         b.write(text.substr(0, cut));
         // Whatever is visible after the first write must not contain any part of the secret
         // that could complete later, nor the secret itself.
-        CHECK(std::string(b.contents()).find(secret) == std::string::npos);
+        CHECK(b.contents().find(secret) == std::string::npos);
+        CHECK(std::string("before [MASKED] after\n").rfind(b.contents(), 0) == 0);
         b.write(text.substr(cut));
         b.close();
-        CHECK(std::string(b.contents()) == "before [MASKED] after\n");
+        CHECK(b.contents() == "before [MASKED] after\n");
     }
 }
 
@@ -48,22 +82,22 @@ TEST_CASE("a secret written one byte at a time is masked", "[trace]") {
         b.write(std::string(1, c));
     }
     b.close();
-    CHECK(std::string(b.contents()) == "x[MASKED][MASKED]y");
+    CHECK(b.contents() == "x[MASKED][MASKED]y");
 }
 
 TEST_CASE("the longest of overlapping secrets wins", "[trace]") {
     trace_buffer b(1 << 20, {"token", "token-extended"});
     b.write("a token-extended b token c");
     b.close();
-    CHECK(std::string(b.contents()) == "a [MASKED] b [MASKED] c");
+    CHECK(b.contents() == "a [MASKED] b [MASKED] c");
 }
 
 TEST_CASE("bytes that only look like the start of a secret are released on close", "[trace]") {
     trace_buffer b(1 << 20, {"secretvalue"});
     b.write("ends with secr");
-    CHECK(std::string(b.contents()) == "ends with ");
+    CHECK(b.contents() == "ends with ");
     b.close();
-    CHECK(std::string(b.contents()) == "ends with secr");
+    CHECK(b.contents() == "ends with secr");
 }
 
 TEST_CASE("output past the limit is cut with gitlab-runner's notice", "[trace]") {
@@ -71,18 +105,59 @@ TEST_CASE("output past the limit is cut with gitlab-runner's notice", "[trace]")
     b.write("0123456789ABCDEF");
     b.write("more output");
     b.close();
-    const std::string expected =
-        "0123456789\n\x1b[33;1mJob's log exceeded limit of 10 bytes.\nJob execution will "
-        "continue but no more output will be collected.\x1b[0;m\n";
-    CHECK(std::string(b.contents()) == expected);
+    const std::string expected = "0123456789" + notice(10);
+    CHECK(b.contents() == expected);
     CHECK(b.truncated());
+    CHECK(b.size() == expected.size());
     CHECK(b.checksum() == crc_of(expected));
+}
+
+TEST_CASE("output that ends exactly at the limit gets no notice until more comes", "[trace]") {
+    trace_buffer b(10, {});
+    b.write("0123456789");
+    CHECK_FALSE(b.truncated());
+    CHECK(b.contents() == "0123456789");
+    b.write("x");
+    CHECK(b.contents() == "0123456789" + notice(10));
 }
 
 TEST_CASE("the limit never splits a UTF-8 sequence", "[trace]") {
     trace_buffer b(5, {});
     b.write("abcd\xc3\xa9z");  // "é" would straddle the limit
-    CHECK(std::string(b.contents()).rfind("abcd\n", 0) == 0);
+    CHECK(b.contents() == "abcd" + notice(5));
+    trace_buffer c(6, {});
+    c.write("abcd\xf0\x9f\x94\x91z");  // a 4-byte character straddling it
+    CHECK(c.contents() == "abcd" + notice(6));
+}
+
+TEST_CASE("the limit counts masked bytes, and a secret across it is never shown", "[trace]") {
+    trace_buffer b(12, {"hidden-secret"});
+    b.write("abc hidden-");
+    b.write("secret and more");
+    b.close();
+    CHECK(b.contents() == "abc [MASKED]" + notice(12));
+    CHECK(b.checksum() == crc_of(b.contents()));
+}
+
+TEST_CASE("invalid UTF-8 is replaced by U+FFFD before it counts", "[trace]") {
+    trace_buffer b(1 << 20, {});
+    b.write("ok \xff\xfe ok \xe2\x82");
+    b.write("\xac split \xe2\x82");
+    b.close();
+    CHECK(b.contents() == "ok \xef\xbf\xbd\xef\xbf\xbd ok \xe2\x82\xac split \xef\xbf\xbd\xef\xbf\xbd");
+    CHECK(b.size() == b.contents().size());
+}
+
+TEST_CASE("tokens and URL parameters are masked, prefixes from the payload too", "[trace]") {
+    kiln::trace::trace_options o;
+    o.token_prefixes = {"mytok_"};
+    trace_buffer b(1 << 20, {}, o);
+    b.write("git clone https://gitlab-ci-token:glcbt-64_abc@gitlab.example.com/g/p.git\n");
+    b.write("curl https://x.example/api?private_token=abc123&page=2 mytok_secret\n");
+    b.close();
+    CHECK(b.contents() ==
+          "git clone https://gitlab-ci-token:glcbt-[MASKED]@gitlab.example.com/g/p.git\n"
+          "curl https://x.example/api?private_token=[MASKED]&page=2 mytok_[MASKED]\n");
 }
 
 TEST_CASE("checksum and slices cover exactly the final bytes", "[trace]") {
@@ -93,9 +168,119 @@ TEST_CASE("checksum and slices cover exactly the final bytes", "[trace]") {
         expected += "line " + std::to_string(i) + " [MASKED]\n";
     }
     b.close();
-    CHECK(std::string(b.contents()) == expected);
+    CHECK(b.contents() == expected);
     CHECK(b.size() == expected.size());
     CHECK(b.checksum() == crc_of(expected));
-    CHECK(std::string(b.slice(5, 3)) == expected.substr(5, 3));
+    CHECK(b.slice(5, 3) == expected.substr(5, 3));
     CHECK(b.slice(expected.size(), 10).empty());
+    CHECK(b.slice(expected.size() - 2, 10) == expected.substr(expected.size() - 2));
+}
+
+TEST_CASE("slices read back across the spool file and the unwritten tail", "[trace]") {
+    // Enough output that part is in the file and part still in memory, read in odd slices
+    // while writing, as trace_streamer does.
+    std::mt19937 rng(3);
+    trace_buffer b(64 << 20, {"p4ssw0rd-xyz"});
+    REQUIRE(b.spooled());
+    std::string expected;
+    std::string streamed;
+    for (int i = 0; i < 3000; ++i) {
+        std::string line = "step " + std::to_string(i) + (i % 7 == 0 ? " p4ssw0rd-xyz" : " ok") + "\n";
+        b.write(line);
+        if (i % 7 == 0) {
+            line = "step " + std::to_string(i) + " [MASKED]\n";
+        }
+        expected += line;
+        if (rng() % 5 == 0) {
+            streamed += b.slice(streamed.size(), 1 + rng() % 40000);
+        }
+    }
+    b.close();
+    while (streamed.size() < b.size()) {
+        streamed += b.slice(streamed.size(), 1 << 20);
+    }
+    CHECK(streamed == expected);
+    CHECK(b.checksum() == crc_of(streamed));
+    CHECK(b.slice(1000, 5000) == expected.substr(1000, 5000));
+}
+
+TEST_CASE("the log is spooled to an unlinked file: 50 MB of output, memory stays flat", "[trace]") {
+    const std::size_t total = 50u << 20;
+    std::string chunk;
+    for (int i = 0; chunk.size() < 64 * 1024; ++i) {
+        chunk += "[" + std::to_string(i) + "] compiling src/module_" + std::to_string(i % 97) +
+                 ".cpp with SECRET=hunter2-hunter2 glpat-0123456789abcdefghij\n";
+    }
+    std::string masked_chunk;
+    {
+        trace_buffer probe(1u << 30, {"hunter2-hunter2"});
+        probe.write(chunk);
+        probe.close();
+        masked_chunk = probe.contents();
+    }
+    REQUIRE(masked_chunk.find("SECRET=[MASKED] glpat-[MASKED]\n") != std::string::npos);
+
+    trace_buffer b(1u << 30, {"hunter2-hunter2"});
+    REQUIRE(b.spooled());
+    const long rss_before = vm_rss_kib();
+    std::size_t written = 0;
+    std::size_t max_footprint = 0;
+    std::uint32_t crc = 0;
+    while (written < total) {
+        b.write(chunk);
+        written += chunk.size();
+        crc = libdeflate_crc32(crc, masked_chunk.data(), masked_chunk.size());
+        max_footprint = std::max(max_footprint, b.memory_footprint());
+    }
+    b.close();
+    const long rss_after = vm_rss_kib();
+    CHECK(b.size() == masked_chunk.size() * (written / chunk.size()));
+    char want[32];
+    std::snprintf(want, sizeof want, "crc32:%08x", crc);
+    CHECK(b.checksum() == want);
+    CHECK(max_footprint < 128 * 1024);
+    CHECK(b.memory_footprint() < 64 * 1024);
+    INFO("VmRSS before " << rss_before << " KiB, after " << rss_after << " KiB");
+    CHECK(rss_after - rss_before < 8 * 1024);  // far below the 50 MB written
+    // The bytes really are there: read back in PATCH-sized slices and compare.
+    std::uint32_t back = 0;
+    for (std::size_t off = 0; off < b.size(); off += 1 << 20) {
+        const auto s = b.slice(off, 1 << 20);
+        REQUIRE(!s.empty());
+        back = libdeflate_crc32(back, s.data(), s.size());
+    }
+    CHECK(back == crc);
+    CHECK(b.slice(masked_chunk.size() * 100 + 7, 64) == masked_chunk.substr(7, 64));
+}
+
+TEST_CASE("the spool file is created in the given directory and never has a name there", "[trace]") {
+    char tmpl[] = "/tmp/kiln-spool-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    const std::string dir = tmpl;
+    {
+        kiln::trace::trace_options o;
+        o.spool_dir = dir;
+        trace_buffer b(1 << 20, {}, o);
+        CHECK(b.spooled());
+        b.write(std::string(100000, 'x'));
+        CHECK(entries_in(dir) == 0);
+        CHECK(b.slice(99990, 100) == std::string(10, 'x'));
+    }
+    CHECK(entries_in(dir) == 0);
+    ::rmdir(dir.c_str());
+}
+
+TEST_CASE("without a usable spool directory the log stays in memory and still works", "[trace]") {
+    kiln::trace::trace_options o;
+    o.spool_dir = "/nonexistent/kiln-spool";
+    trace_buffer b(1 << 20, {"abcdefgh"}, o);
+    CHECK_FALSE(b.spooled());
+    std::string expected;
+    for (int i = 0; i < 5000; ++i) {
+        b.write("x abcdefgh y\n");
+        expected += "x [MASKED] y\n";
+    }
+    b.close();
+    CHECK(b.contents() == expected);
+    CHECK(b.checksum() == crc_of(expected));
 }
