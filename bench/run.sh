@@ -69,6 +69,10 @@ python_reference plain
 python_reference tls
 
 echo
+echo "== masking_bench (job-log masking throughput)"
+"$build/bench/masking_bench" || echo "(masking_bench failed)"
+
+echo
 echo "== rss_idle (kiln run, idle, one TLS connection with a held long poll)"
 bench/rss_idle.sh "$build/runner/kiln" || echo "(rss_idle failed)"
 
