@@ -384,10 +384,9 @@ private:
             out.append(text.substr(pos));
             return n;
         }
-        // Starts from j - stride_ + 1 on have not been sampled; their text runs to the end and is
-        // shorter than any phrase. Hold back from the first that begins a phrase. Each of them
-        // includes the last byte, and the byte before a start is in none of them, so starts up
-        // to the last byte that no phrase contains can be skipped.
+        // Starts from j - stride_ + 1 on were not sampled: the text from each of them to the end
+        // is shorter than any phrase, so it can only be the beginning of one. Hold back from the
+        // first that is. No start at or before a byte that no phrase contains can be.
         std::size_t s = j + 1 - stride_;
         for (std::size_t k = n; k > s; --k) {
             if (!in_phrase_[p[k - 1]]) {

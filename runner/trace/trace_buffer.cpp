@@ -47,10 +47,10 @@ int open_spool(const std::string& dir) {
 bool pwrite_all(int fd, const char* p, std::size_t n, std::size_t offset) {
     while (n > 0) {
         const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
-        if (w < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
             return false;
         }
         p += w;

@@ -3,7 +3,10 @@
 #include <dirent.h>
 #include <libdeflate.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <cstdio>
 #include <fstream>
@@ -283,4 +286,39 @@ TEST_CASE("without a usable spool directory the log stays in memory and still wo
     b.close();
     CHECK(b.contents() == expected);
     CHECK(b.checksum() == crc_of(expected));
+}
+
+TEST_CASE("when the spool file cannot grow, the rest of the log stays in memory", "[trace]") {
+    // RLIMIT_FSIZE makes writes past 64 KiB fail with EFBIG (SIGXFSZ ignored).
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+    auto* old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit small = old;
+    small.rlim_cur = 64 * 1024;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+
+    std::string expected;
+    bool spooled_at_first = false;
+    std::string contents;
+    std::string checksum;
+    bool spooled_at_end = true;
+    {
+        trace_buffer b(1 << 22, {"abcdefgh"});
+        spooled_at_first = b.spooled();
+        for (int i = 0; i < 20000; ++i) {
+            b.write("line " + std::to_string(i) + " abcdefgh\n");
+            expected += "line " + std::to_string(i) + " [MASKED]\n";
+        }
+        b.close();
+        spooled_at_end = b.spooled();
+        contents = b.contents();
+        checksum = b.checksum();
+    }
+    ::setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, old_handler);
+
+    CHECK(spooled_at_first);
+    CHECK_FALSE(spooled_at_end);
+    CHECK(contents == expected);
+    CHECK(checksum == crc_of(expected));
 }
