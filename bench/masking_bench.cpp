@@ -48,48 +48,48 @@ std::string make_log(std::size_t bytes, const std::vector<std::string>& secrets,
         ++line;
         const auto pick = rng() % 100;
         if (pick < 22) {
-            log += "[" + std::to_string(rng() % 100) + "%] Building CXX object src/" + w() +
+            log += std::string("[") + std::to_string(rng() % 100) + "%] Building CXX object src/" + w() +
                    "/CMakeFiles/" + w() + ".dir/" + w() + "_" + w() + ".cpp.o\n";
         } else if (pick < 34) {
-            log += "/usr/bin/c++ -DNDEBUG -I/builds/group/project/include -I/builds/group/project/src/" +
+            log += std::string("/usr/bin/c++ -DNDEBUG -I/builds/group/project/include -I/builds/group/project/src/") +
                    w() + " -O2 -g -Wall -Wextra -std=gnu++20 -o CMakeFiles/" + w() + ".dir/" + w() +
                    ".cpp.o -c /builds/group/project/src/" + w() + "/" + w() + ".cpp\n";
         } else if (pick < 50) {
-            log += "=== RUN   Test" + w() + "_" + w() + "/case_" + std::to_string(rng() % 64) + "\n";
+            log += std::string("=== RUN   Test") + w() + "_" + w() + "/case_" + std::to_string(rng() % 64) + "\n";
         } else if (pick < 64) {
-            log += "--- PASS: Test" + w() + "_" + w() + " (0." + std::to_string(rng() % 100) + "s)\n";
+            log += std::string("--- PASS: Test") + w() + "_" + w() + " (0." + std::to_string(rng() % 100) + "s)\n";
         } else if (pick < 72) {
-            log += "ok  \tgitlab.com/group/project/internal/" + w() + "\t" +
+            log += std::string("ok  \tgitlab.com/group/project/internal/") + w() + "\t" +
                    std::to_string(rng() % 3) + "." + std::to_string(rng() % 1000) + "s\n";
         } else if (pick < 78) {
             log += std::string("go: downloading ") + pkgs[rng() % std::size(pkgs)] + "\n";
         } else if (pick < 86) {
-            log += "2024-05-01T12:00:" + std::to_string(10 + rng() % 50) + ".123Z INFO  " + w() +
+            log += std::string("2024-05-01T12:00:") + std::to_string(10 + rng() % 50) + ".123Z INFO  " + w() +
                    ": listening on 0.0.0.0:" + std::to_string(1024 + rng() % 60000) +
                    " (pid " + std::to_string(rng() % 32768) + ")\n";
         } else if (pick < 92) {
-            log += "npm WARN deprecated " + w() + "@" + std::to_string(rng() % 9) + ".0." +
+            log += std::string("npm WARN deprecated ") + w() + "@" + std::to_string(rng() % 9) + ".0." +
                    std::to_string(rng() % 20) + ": This module is not supported, and leaks memory.\n";
         } else if (pick < 97) {
-            log += "\x1b[0Ksection_start:1700000000:" + w() + "_script\r\x1b[0K\x1b[36;1mExecuting \"" +
+            log += std::string("\x1b[0Ksection_start:1700000000:") + w() + "_script\r\x1b[0K\x1b[36;1mExecuting \"" +
                    w() + "\" stage\x1b[0;m\n";
         } else {
-            log += "Step " + std::to_string(rng() % 20) + "/20 : RUN apt-get update && apt-get install -y " +
+            log += std::string("Step ") + std::to_string(rng() % 20) + "/20 : RUN apt-get update && apt-get install -y " +
                    w() + "\n";
         }
         if (line % 400 == 0) {
-            log += "export DEPLOY_KEY=" + secrets[rng() % secrets.size()] + "\n";
+            log += std::string("export DEPLOY_KEY=") + secrets[rng() % secrets.size()] + "\n";
         }
         if (line % 1000 == 0) {
-            log += "git clone https://gitlab-ci-token:glcbt-64_" + random_token(rng, 20) +
+            log += std::string("git clone https://gitlab-ci-token:glcbt-64_") + random_token(rng, 20) +
                    "@gitlab.example.com/group/project.git\n";
         }
         if (line % 1500 == 0) {
-            log += "curl 'https://gitlab.example.com/api/v4/projects?private_token=" +
+            log += std::string("curl 'https://gitlab.example.com/api/v4/projects?private_token=") +
                    random_token(rng, 20) + "&per_page=100'\n";
         }
         if (line % 2000 == 0) {
-            log += "docker login -p glpat-" + random_token(rng, 20) + " registry.example.com\n";
+            log += std::string("docker login -p glpat-") + random_token(rng, 20) + " registry.example.com\n";
         }
     }
     return log;
