@@ -15,6 +15,7 @@
 #include <random>
 #include <set>
 
+#include "executors/docker/docker_executor.hpp"
 #include "runner/gitlab/retry_policy.hpp"
 #include "runner/gitlab/runner_info.hpp"
 #include "runner/gitlab/tokens.hpp"
@@ -48,6 +49,45 @@ gitlab::feature_flags shell_features() {
     return f;
 }
 
+// The Docker executor runs jobs in the job's image with its services; jobs do not share the
+// host's environment.
+gitlab::feature_flags docker_features() {
+    gitlab::feature_flags f = shell_features();
+    f.shared = false;
+    f.image = true;
+    f.services = true;
+    f.service_variables = true;
+    f.service_multiple_aliases = true;
+    return f;
+}
+
+// Containers, networks and volumes an earlier kiln process of this runner left behind (it was
+// killed, or the host rebooted) are removed before the runner takes jobs. No job of this
+// process exists yet, so everything labelled for the runner is a leftover; cache volumes stay.
+void remove_docker_leftovers(const config::runner_entry& r) {
+    asio::io_context io;
+    const auto short_token = gitlab::short_token(r.token);
+    asio::co_spawn(io,
+                   executors::docker::remove_leftovers(io.get_executor(),
+                                                       r.docker.value_or(config::docker_settings{}),
+                                                       short_token),
+                   [&](std::exception_ptr e, int removed) {
+                       if (e) {
+                           try {
+                               std::rethrow_exception(e);
+                           } catch (const std::exception& ex) {
+                               log::error(std::string("cannot clean up after an earlier kiln: ") +
+                                              ex.what(),
+                                          {{"runner", short_token}});
+                           }
+                       } else if (removed > 0) {
+                           log::info("removed Docker objects an earlier kiln process left behind",
+                                     {{"runner", short_token}, {"removed", static_cast<long>(removed)}});
+                       }
+                   });
+    io.run();
+}
+
 struct runner_slot {
     config::runner_entry entry;
     std::unique_ptr<gitlab::client> api;
@@ -76,8 +116,8 @@ public:
             log::warn(std::string("cannot save the system ID: ") + e.what());
         }
         for (const auto& r : s.runners) {
-            if (r.executor != "shell") {
-                log::warn("skipping runner: kiln runs only the shell executor so far",
+            if (r.executor != "shell" && r.executor != "docker") {
+                log::warn("skipping runner: kiln runs only the shell and docker executors",
                           {{"runner", gitlab::short_token(r.token)}, {"executor", r.executor}});
                 continue;
             }
@@ -96,9 +136,12 @@ public:
                 continue;
             }
             gitlab::runner_info info;
-            info.executor = "shell";
+            info.executor = r.executor;
             info.shell = r.shell.empty() ? "bash" : r.shell;
-            info.features = shell_features();
+            info.features = r.executor == "docker" ? docker_features() : shell_features();
+            if (r.executor == "docker") {
+                remove_docker_leftovers(r);
+            }
             slot->api->set_info(info);
             runners_.push_back(std::move(slot));
         }

@@ -15,6 +15,8 @@
 #include <fstream>
 #include <map>
 
+#include "executors/docker/docker_executor.hpp"
+#include "executors/docker/docker_rules.hpp"
 #include "executors/shell/shell_executor.hpp"
 #include "executors/shell/script_builder.hpp"
 #include "runner/gitlab/tokens.hpp"
@@ -67,7 +69,13 @@ public:
         : ex_(ex), ctx_(ctx), job_(std::move(job)), control_(std::move(control)),
           buffer_(trace_limit(ctx.runner), secrets(job_)),
           streamer_(ex, ctx.api, job_.id, job_.token, buffer_), deadline_timer_(ex),
-          kill_timer_(ex), host_(ex, ctx.runner.shell), stages_exec_(host_) {}
+          kill_timer_(ex), host_(ex, ctx.runner.shell), stages_exec_(&host_) {
+        if (ctx_.runner.executor == "docker") {
+            docker_ = std::make_unique<executors::docker::docker_executor>(
+                ex, ctx_.runner.docker.value_or(config::docker_settings{}));
+            stages_exec_ = docker_.get();
+        }
+    }
 
     asio::awaitable<job_outcome> run();
 
@@ -122,6 +130,7 @@ private:
     void stop_current(stop_reason why);
     void on_remote_cancel(trace::remote_cancel c);
     asio::awaitable<void> stages();
+    asio::awaitable<executors::docker::prepare_result> prepare_docker();
     asio::awaitable<void> watch_deadline();
     asio::awaitable<bool> send_final_state();
 
@@ -140,7 +149,8 @@ private:
     std::vector<std::pair<std::string, std::string>> env_;  // job environment, in order
     // Sources are fetched on this host; user stages run in the job's executor.
     executors::shell_executor host_;
-    executors::executor& stages_exec_;
+    std::unique_ptr<executors::docker::docker_executor> docker_;
+    executors::executor* stages_exec_;
     executors::executor* running_ = nullptr;
     bool in_user_script_ = false;
     stop_reason stop_ = stop_reason::none;
@@ -371,25 +381,33 @@ asio::awaitable<void> job_run::watch_deadline() {
 
 asio::awaitable<void> job_run::stages() {
     const auto& r = ctx_.runner;
-    const std::string executor_name = "shell";
+    const std::string executor_name = docker_ ? "docker" : "shell";
     line("", std::string("Running with kiln ") + version_string() + " (" + revision_string() + ")");
     line("", "  on " + r.name + " " + gitlab::short_token(r.token) + ", system ID: " +
                  ctx_.system_id);
-
-    section_start("prepare_executor", "Preparing the \"" + executor_name + "\" executor");
-    out(std::string("Using Shell (") + (r.shell == "sh" ? "sh" : "bash") + ") executor...\n");
-    section_end("prepare_executor");
-
-    prepare_environment();
-    section_start("prepare_script", "Preparing environment");
-    out("Running on " + host_name() + "...\n");
-    section_end("prepare_script");
 
     int exit_code = 0;
     std::string failure;  // failure_reason when the job failed
     std::string failure_message;
 
-    if (stop_ == stop_reason::none) {
+    prepare_environment();
+    section_start("prepare_executor", "Preparing the \"" + executor_name + "\" executor");
+    if (docker_) {
+        auto prepared = co_await prepare_docker();
+        if (!prepared.failure_reason.empty()) {
+            failure = prepared.failure_reason;
+            failure_message = prepared.message;
+        }
+    } else {
+        out(std::string("Using Shell (") + (r.shell == "sh" ? "sh" : "bash") + ") executor...\n");
+    }
+    section_end("prepare_executor");
+
+    section_start("prepare_script", "Preparing environment");
+    out("Running on " + host_name() + "...\n");
+    section_end("prepare_script");
+
+    if (stop_ == stop_reason::none && failure.empty()) {
         section_start("get_sources", "Getting source from Git repository");
         std::string script;
         if (!r.pre_get_sources_script.empty()) {
@@ -447,10 +465,26 @@ asio::awaitable<void> job_run::stages() {
             st.commands.push_back(r.post_build_script);
         }
         in_user_script_ = true;
-        auto res = co_await run_stage(stages_exec_, section, executors::build_stage_script(st));
+        auto res = co_await run_stage(*stages_exec_, section, executors::build_stage_script(st));
         in_user_script_ = false;
         section_end(section);
-        if (!res.system_error.empty()) {
+        if (res.out_of_memory && res.system_error.empty()) {
+            // gitlab-runner only shows "exit code 137"; say what happened, with the limit.
+            const auto limit = docker_ ? docker_->memory_limit() : 0;
+            line(ansi_bold_red, "ERROR: the job's container ran out of memory (" +
+                                    (limit > 0 ? "limit " + executors::docker::human_size(limit)
+                                               : std::string("no memory limit set")) +
+                                    ") and was killed");
+            log::warn("job ran out of memory",
+                      {{"job", job_.id},
+                       {"oom_kills_total",
+                        static_cast<unsigned long>(executors::docker::oom_kills_total())}});
+            if (stop_ == stop_reason::none) {
+                exit_code = 137;
+                failure = "script_failure";
+                failure_message = "exit code 137";
+            }
+        } else if (!res.system_error.empty()) {
             failure = "runner_system_failure";
             failure_message = res.system_error;
         } else if (stop_ == stop_reason::none && res.exit_code != 0) {
@@ -476,7 +510,7 @@ asio::awaitable<void> job_run::stages() {
         executors::stage_script st;
         st.working_directory = project_dir_.string();
         st.commands = after_script->script;
-        auto res = co_await run_stage(stages_exec_, "after_script", executors::build_stage_script(st));
+        auto res = co_await run_stage(*stages_exec_, "after_script", executors::build_stage_script(st));
         section_end("after_script");
         if (res.exit_code != 0 && res.system_error.empty()) {
             line(ansi_bold_yellow, "WARNING: after_script failed, but job will continue unaffected: "
@@ -486,6 +520,9 @@ asio::awaitable<void> job_run::stages() {
 
     section_start("cleanup_file_variables", "Cleaning up project directory and file based variables");
     std::filesystem::remove_all(tmp_dir_, ec);
+    if (docker_) {
+        co_await docker_->cleanup();
+    }
     section_end("cleanup_file_variables");
 
     if (stop_ == stop_reason::timeout) {
@@ -511,6 +548,48 @@ asio::awaitable<void> job_run::stages() {
     finished_ = true;
     deadline_timer_.cancel();
     streamer_.stop();
+}
+
+asio::awaitable<executors::docker::prepare_result> job_run::prepare_docker() {
+    executors::docker::job_description d;
+    d.job_id = job_.id;
+    d.project_id = job_.info.project_id;
+    d.pipeline_id = std::atoll(variable("CI_PIPELINE_ID").c_str());
+    d.runner_short_token = gitlab::short_token(ctx_.runner.token);
+    d.concurrent_id = ctx_.concurrent_id;
+    auto convert = [](const gitlab::image_spec& i) {
+        executors::docker::image_request r;
+        r.name = i.name;
+        r.alias = i.alias;
+        r.entrypoint = i.entrypoint;
+        r.command = i.command;
+        r.pull_policy = i.pull_policy;
+        r.user = i.executor_opts.docker_user;
+        for (const auto& v : i.variables) {
+            r.variables.emplace_back(v.key, v.value);
+        }
+        for (const auto& p : i.ports) {
+            if (p.number > 0 && (p.protocol.empty() || p.protocol == "tcp" || p.protocol == "http" ||
+                                 p.protocol == "https")) {
+                r.ports.push_back(static_cast<int>(p.number));
+            }
+        }
+        return r;
+    };
+    if (job_.image) {
+        d.image = convert(*job_.image);
+    }
+    for (const auto& svc : job_.services) {
+        d.services.push_back(convert(svc));
+    }
+    for (const auto& c : job_.credentials) {
+        if (c.type == "registry") {
+            d.credentials.push_back({c.url, c.username, c.password});
+        }
+    }
+    d.env = env_;
+    d.builds_dir = builds_dir_;
+    co_return co_await docker_->prepare(std::move(d), [this](std::string_view s) { out(s); });
 }
 
 asio::awaitable<bool> job_run::send_final_state() {
@@ -583,7 +662,19 @@ asio::awaitable<job_outcome> job_run::run() {
     }
 
     asio::co_spawn(ex_, watch_deadline(), asio::detached);
-    co_await (stages() && streamer_.pump());
+    std::exception_ptr failed;
+    try {
+        co_await (stages() && streamer_.pump());
+    } catch (...) {
+        failed = std::current_exception();
+    }
+    if (failed) {
+        // Containers must not outlive a job that broke inside kiln either.
+        if (docker_) {
+            co_await docker_->cleanup();
+        }
+        std::rethrow_exception(failed);
+    }
     control_->set_handler(nullptr);
     buffer_.close();
     outcome_.final_state_sent = co_await send_final_state();
