@@ -221,6 +221,38 @@ class DockerTest(unittest.TestCase):
                       state["trace"])
         self.assertNotIn("\nnever\n", state["trace"])
 
+    def test_go_caches_persist_between_jobs_of_a_project(self):
+        first = self.run_one(['echo "$GOCACHE $GOMODCACHE"', 'mkdir -p "$GOCACHE"',
+                              'echo cached-by-job-1 > "$GOCACHE/marker"'])
+        self.assertEqual(first["state"], "success", first["trace"] + self.kiln_log())
+        self.assertIn("/kiln/go-cache/build /kiln/go-cache/mod", first["trace"])
+        second = self.run_one(['cat "$GOCACHE/marker"'])
+        self.assertEqual(second["state"], "success", second["trace"])
+        self.assertIn("\ncached-by-job-1\n", second["trace"])
+
+    def test_timeout_stops_the_container_and_removes_it(self):
+        job = self.enqueue(["echo started", "sleep 300"])
+        self.gitlab.set_job_timeout(job["id"], 3)
+        started = time.monotonic()
+        self.start_kiln("--max-jobs", "1")
+        self.assertEqual(self.proc.wait(timeout=60), 0, self.kiln_log())
+        self.assertLess(time.monotonic() - started, 30)
+        state = self.gitlab.job(job["id"])
+        self.assertEqual(state["state"], "failed", state["trace"])
+        self.assertEqual(state["failure_reason"], "job_execution_timeout")
+        self.assertEqual(labelled("containers", self.job_labels(job["id"])), [])
+
+    def test_hard_cancel_kills_the_container_without_after_script(self):
+        job = self.enqueue(["echo started", "sleep 300"], after_script=["echo after-ran"])
+        self.start_kiln("--max-jobs", "1")
+        self.wait_for_container(job["id"])
+        self.gitlab.cancel(job["id"], "hard")
+        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+        state = self.gitlab.job(job["id"])
+        self.assertEqual(state["state"], "canceled", state)
+        self.assertNotIn("after-ran", state["trace"])
+        self.assertEqual(labelled("containers", self.job_labels(job["id"])), [])
+
     def test_cancel_leaves_no_container_of_the_job(self):
         job = self.enqueue(["echo started", "sleep 300"])
         self.start_kiln("--max-jobs", "1")
