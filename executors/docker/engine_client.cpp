@@ -150,6 +150,12 @@ std::string choose_api_version(std::string_view daemon_version, std::string_view
     return use;
 }
 
+bool is_api_version_error(int status, std::string_view body) {
+    return status == 400 && body.find("client version") != std::string_view::npos &&
+           (body.find("too old") != std::string_view::npos ||
+            body.find("too new") != std::string_view::npos);
+}
+
 std::string url_encode(std::string_view s) {
     static const char* hex = "0123456789ABCDEF";
     std::string out;
@@ -315,7 +321,16 @@ asio::awaitable<api_result> engine_client::call(std::string method, std::string 
     if (auto err = co_await negotiate(); !err.empty()) {
         co_return api_result{0, err};
     }
-    co_return co_await impl_->exchange(method, impl_->target(path), body, timeout, headers, nullptr);
+    auto r = co_await impl_->exchange(method, impl_->target(path), body, timeout, headers, nullptr);
+    if (is_api_version_error(r.status, r.body)) {
+        // The engine was upgraded or downgraded under us: negotiate again, once.
+        impl_->version.clear();
+        if (auto err = co_await negotiate(); !err.empty()) {
+            co_return api_result{0, err};
+        }
+        r = co_await impl_->exchange(method, impl_->target(path), body, timeout, headers, nullptr);
+    }
+    co_return r;
 }
 
 asio::awaitable<api_result> engine_client::pull(std::string from_image, std::string registry_auth,

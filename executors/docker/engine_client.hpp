@@ -31,6 +31,11 @@ std::string docker_socket_path(const std::string& configured_host);
 std::string choose_api_version(std::string_view daemon_version, std::string_view daemon_min);
 int compare_api_versions(std::string_view a, std::string_view b);
 
+/// The daemon's answer to a version it no longer (or not yet) speaks, e.g. after an engine
+/// upgrade under a running kiln: 400 "client version 1.41 is too old" (text/plain) or
+/// "… is too new" (JSON).
+bool is_api_version_error(int status, std::string_view body);
+
 inline constexpr std::string_view newest_api_version = "1.52";
 inline constexpr std::string_view oldest_api_version = "1.41";
 

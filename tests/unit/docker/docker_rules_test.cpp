@@ -243,6 +243,10 @@ TEST_CASE("API version negotiation", "[docker]") {
     CHECK(choose_api_version("1.60", "1.55") == "");
     CHECK(choose_api_version("1.40", "1.12") == "");
     CHECK(compare_api_versions("1.9", "1.10") < 0);
+    CHECK(is_api_version_error(400, "client version 1.41 is too old. Minimum supported API version is 1.44"));
+    CHECK(is_api_version_error(400, R"({"message":"client version 1.50 is too new. Maximum supported API version is 1.41"})"));
+    CHECK_FALSE(is_api_version_error(400, R"({"message":"Minimum memory limit allowed is 6MB"})"));
+    CHECK_FALSE(is_api_version_error(404, "client version 1.41 is too old"));
     CHECK(docker_socket_path("unix:///tmp/d.sock") == "/tmp/d.sock");
     CHECK_THROWS(docker_socket_path("ssh://host"));
     CHECK(url_encode("{\"label\":[\"a=b\"]}") == "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D");
