@@ -67,7 +67,7 @@ public:
     job_run(asio::any_io_executor ex, job_context ctx, gitlab::job_spec job,
             std::shared_ptr<job_control> control)
         : ex_(ex), ctx_(ctx), job_(std::move(job)), control_(std::move(control)),
-          buffer_(trace_limit(ctx.runner), secrets(job_)),
+          buffer_(trace_limit(ctx.runner), secrets(job_), trace_settings(job_)),
           streamer_(ex, ctx.api, job_.id, job_.token, buffer_), deadline_timer_(ex),
           kill_timer_(ex), host_(ex, ctx.runner.shell), stages_exec_(&host_) {
         if (ctx_.runner.executor == "docker") {
@@ -83,6 +83,13 @@ private:
     static std::size_t trace_limit(const config::runner_entry& r) {
         return r.output_limit > 0 ? static_cast<std::size_t>(r.output_limit) * 1024
                                   : trace::default_limit;
+    }
+    static trace::trace_options trace_settings(const gitlab::job_spec& job) {
+        trace::trace_options o;
+        o.token_prefixes = job.features.token_mask_prefixes;
+        const auto* ff = gitlab::find_variable(job.variables, "FF_MASK_ALL_DEFAULT_TOKENS");
+        o.mask_all_default_tokens = ff == nullptr || ff->value != "false";
+        return o;
     }
     static std::vector<std::string> secrets(const gitlab::job_spec& job) {
         std::vector<std::string> s{job.token};
@@ -510,7 +517,8 @@ asio::awaitable<void> job_run::stages() {
         executors::stage_script st;
         st.working_directory = project_dir_.string();
         st.commands = after_script->script;
-        auto res = co_await run_stage(*stages_exec_, "after_script", executors::build_stage_script(st));
+        auto res =
+            co_await run_stage(*stages_exec_, "after_script", executors::build_stage_script(st));
         section_end("after_script");
         if (res.exit_code != 0 && res.system_error.empty()) {
             line(ansi_bold_yellow, "WARNING: after_script failed, but job will continue unaffected: "
@@ -569,8 +577,9 @@ asio::awaitable<executors::docker::prepare_result> job_run::prepare_docker() {
             r.variables.emplace_back(v.key, v.value);
         }
         for (const auto& p : i.ports) {
-            if (p.number > 0 && (p.protocol.empty() || p.protocol == "tcp" || p.protocol == "http" ||
-                                 p.protocol == "https")) {
+            const bool tcp = p.protocol.empty() || p.protocol == "tcp" || p.protocol == "http" ||
+                             p.protocol == "https";
+            if (p.number > 0 && tcp) {
                 r.ports.push_back(static_cast<int>(p.number));
             }
         }

@@ -195,6 +195,19 @@ class RunTest(unittest.TestCase):
                                 len(secret) - 1)
         self.assert_consistent_trace(state)
 
+    def test_token_prefixes_from_gitlab_and_the_defaults_are_masked(self):
+        features = {"trace_sections": True, "failure_reasons": ["script_failure"],
+                    "token_mask_prefixes": ["acme-tok-"]}
+        state = self.run_one(["echo 'custom acme-tok-a1B2c3D4e5 end'",
+                              "echo 'default glpat-Zz9Yy8Xx7Ww6 end'",
+                              "echo 'url https://x/?private_token=hunter2secret&a=b'"],
+                             overrides={"features": features})
+        self.assertEqual(state["state"], "success", state["trace"])
+        self.assertIn("custom acme-tok-[MASKED] end", state["trace"])
+        self.assertIn("default glpat-[MASKED] end", state["trace"])
+        self.assertIn("private_token=[MASKED]&a=b", state["trace"])
+        self.assert_consistent_trace(state)
+
     def wait_running(self, job_id, text=None):
         def ready():
             j = self.gitlab.job(job_id)
