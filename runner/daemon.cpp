@@ -82,7 +82,8 @@ void remove_docker_leftovers(const config::runner_entry& r) {
                            }
                        } else if (removed > 0) {
                            log::info("removed Docker objects an earlier kiln process left behind",
-                                     {{"runner", short_token}, {"removed", static_cast<long>(removed)}});
+                                     {{"runner", short_token},
+                                      {"removed", static_cast<long>(removed)}});
                        }
                    });
     io.run();

@@ -66,8 +66,8 @@ std::string base64_url(std::string_view in) {
     std::string out;
     std::size_t i = 0;
     while (i + 2 < in.size()) {
-        auto n = (std::uint32_t(std::uint8_t(in[i])) << 16) | (std::uint32_t(std::uint8_t(in[i + 1])) << 8) |
-                 std::uint8_t(in[i + 2]);
+        auto n = (std::uint32_t(std::uint8_t(in[i])) << 16) |
+                 (std::uint32_t(std::uint8_t(in[i + 1])) << 8) | std::uint8_t(in[i + 2]);
         out += tbl[(n >> 18) & 63];
         out += tbl[(n >> 12) & 63];
         out += tbl[(n >> 6) & 63];
@@ -80,7 +80,8 @@ std::string base64_url(std::string_view in) {
         out += tbl[(n >> 12) & 63];
         out += "==";
     } else if (i + 2 == in.size()) {
-        auto n = (std::uint32_t(std::uint8_t(in[i])) << 16) | (std::uint32_t(std::uint8_t(in[i + 1])) << 8);
+        auto n = (std::uint32_t(std::uint8_t(in[i])) << 16) |
+                 (std::uint32_t(std::uint8_t(in[i + 1])) << 8);
         out += tbl[(n >> 18) & 63];
         out += tbl[(n >> 12) & 63];
         out += tbl[(n >> 6) & 63];
@@ -124,7 +125,8 @@ std::string registry_of(const std::string& image) {
         return "docker.io";
     }
     auto first = image.substr(0, slash);
-    if (first.find('.') != std::string::npos || first.find(':') != std::string::npos || first == "localhost") {
+    if (first.find('.') != std::string::npos || first.find(':') != std::string::npos ||
+        first == "localhost") {
         return first;
     }
     return "docker.io";
@@ -151,17 +153,26 @@ std::string volume_body(const std::string& name, const std::map<std::string, std
     return json{{"Name", name}, {"Labels", labels}}.dump();
 }
 
-std::map<std::string, std::string> cache_volume_labels(const job_labels& who, std::string_view dest) {
+std::map<std::string, std::string> cache_volume_labels(
+    const job_labels& who, std::string_view dest
+) {
     const std::string p(label_prefix);
-    return {{p + "managed", "true"},
-            {p + "runner.id", who.runner},
-            {p + "project.id", std::to_string(who.project_id)},
-            {p + "type", "cache"},
-            {p + "destination", std::string(dest)}};
+    return {
+        {p + "managed", "true"},
+        {p + "runner.id", who.runner},
+        {p + "project.id", std::to_string(who.project_id)},
+        {p + "type", "cache"},
+        {p + "destination", std::string(dest)}};
 }
 
-std::string network_body(const std::string& name, const job_labels& who, const config::docker_settings& cfg) {
-    json body{{"Name", name}, {"Driver", "bridge"}, {"CheckDuplicate", true}, {"Labels", labels_for(who, "network")}};
+std::string network_body(
+    const std::string& name, const job_labels& who, const config::docker_settings& cfg
+) {
+    json body{
+        {"Name", name},
+        {"Driver", "bridge"},
+        {"CheckDuplicate", true},
+        {"Labels", labels_for(who, "network")}};
     if (cfg.network_mtu > 0) {
         body["Options"] = {{"com.docker.network.driver.mtu", std::to_string(cfg.network_mtu)}};
     }
@@ -192,7 +203,9 @@ bool is_identifier(std::string_view k) {
     return true;
 }
 
-std::string env_value(const std::vector<std::pair<std::string, std::string>>& env, std::string_view key) {
+std::string env_value(
+    const std::vector<std::pair<std::string, std::string>>& env, std::string_view key
+) {
     std::string v;
     for (const auto& [k, val] : env) {
         if (k == key) {
@@ -214,8 +227,12 @@ asio::awaitable<std::string> write_stage_script(attach_stream* stream, std::stri
     co_return co_await stream->write_and_close(std::move(script));
 }
 
-asio::awaitable<void> kill_container(std::shared_ptr<engine_client> client, std::string id, int sig) {
-    co_await client->call("POST", "/containers/" + id + "/kill?signal=" + std::to_string(sig), {}, 30s);
+asio::awaitable<void> kill_container(
+    std::shared_ptr<engine_client> client, std::string id, int sig
+) {
+    co_await client->call(
+        "POST", "/containers/" + id + "/kill?signal=" + std::to_string(sig), {}, 30s
+    );
 }
 
 }  // namespace
@@ -283,13 +300,19 @@ struct docker_executor::impl {
         if (user.empty()) {
             return {};
         }
-        return base64_url(json{{"username", user}, {"password", pass}, {"serveraddress", registry}}.dump());
+        return base64_url(
+            json{{"username", user}, {"password", pass}, {"serveraddress", registry}}.dump()
+        );
     }
 
     // Finds or pulls `name` per the pull policies; returns the image's inspect JSON, or sets
     // `error`.
-    asio::awaitable<json> resolve_image(const std::string& name, const std::vector<std::string>& policies,
-                                        const output_sink& sink, std::string& error) {
+    asio::awaitable<json> resolve_image(
+        const std::string& name,
+        const std::vector<std::string>& policies,
+        const output_sink& sink,
+        std::string& error
+    ) {
         const auto ref = normalize_image(name);
         std::string last_error;
         for (const auto& policy : policies) {
@@ -302,7 +325,8 @@ struct docker_executor::impl {
                 if (inspect.ok()) {
                     co_return json::parse(inspect.body, nullptr, false);
                 }
-                last_error = "image " + name + " is not present locally and the pull policy is \"never\": " +
+                last_error = "image " + name +
+                             " is not present locally and the pull policy is \"never\": " +
                              inspect.message();
                 continue;
             }
@@ -337,7 +361,8 @@ struct docker_executor::impl {
         } catch (const std::invalid_argument& e) {
             co_return fail(e.what());
         }
-        auto r = co_await client->call("POST", "/containers/create?name=" + url_encode(req.name), body);
+        auto r =
+            co_await client->call("POST", "/containers/create?name=" + url_encode(req.name), body);
         if (r.ok()) {
             auto j = json::parse(r.body, nullptr, false);
             if (j.is_object() && j.contains("Id")) {
@@ -347,8 +372,9 @@ struct docker_executor::impl {
         co_return r;
     }
 
-    asio::awaitable<bool> wait_for_service(const std::string& id, const std::vector<int>& ports,
-                                           std::chrono::seconds timeout) {
+    asio::awaitable<bool> wait_for_service(
+        const std::string& id, const std::vector<int>& ports, std::chrono::seconds timeout
+    ) {
         const auto give_up = std::chrono::steady_clock::now() + timeout;
         asio::steady_timer pause(ex);
         while (std::chrono::steady_clock::now() < give_up) {
@@ -379,7 +405,9 @@ struct docker_executor::impl {
                     if (aec) {
                         break;
                     }
-                    auto [ec] = co_await s.async_connect({addr, static_cast<unsigned short>(port)}, use_tuple);
+                    auto [ec] = co_await s.async_connect(
+                        {addr, static_cast<unsigned short>(port)}, use_tuple
+                    );
                     if (ec) {
                         all = false;
                         break;
@@ -416,10 +444,16 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
     const auto& cfg = s.settings;
     s.job = std::move(job);
     s.who = job_labels{s.job.runner_short_token, s.job.job_id, s.job.project_id, s.job.pipeline_id};
-    s.prefix = sanitize_name("kiln-" + s.job.runner_short_token + "-job-" + std::to_string(s.job.job_id) + "-" +
-                             random_hex(4));
-    auto config_error = [](std::string m) { return prepare_result{std::string("runner_configuration_error"), std::move(m)}; };
-    auto system_error = [](std::string m) { return prepare_result{std::string("runner_system_failure"), std::move(m)}; };
+    s.prefix = sanitize_name(
+        "kiln-" + s.job.runner_short_token + "-job-" + std::to_string(s.job.job_id) + "-" +
+        random_hex(4)
+    );
+    auto config_error = [](std::string m) {
+        return prepare_result{std::string("runner_configuration_error"), std::move(m)};
+    };
+    auto system_error = [](std::string m) {
+        return prepare_result{std::string("runner_system_failure"), std::move(m)};
+    };
 
     try {
         s.client = std::make_shared<engine_client>(s.ex, docker_socket_path(cfg.host));
@@ -448,14 +482,20 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
         return out + "]";
     };
     if (!is_allowed(cfg.allowed_images, image.name)) {
-        co_return config_error("the image \"" + image.name + "\" is not allowed by [runners.docker] allowed_images " +
-                               list(cfg.allowed_images) + "; use one of the allowed images or ask the runner's "
-                               "administrator to allow it");
+        co_return config_error(
+            "the image \"" + image.name + "\" is not allowed by [runners.docker] allowed_images " +
+            list(cfg.allowed_images) +
+            "; use one of the allowed images or ask the runner's "
+            "administrator to allow it"
+        );
     }
-    if (cfg.services_limit >= 0 && static_cast<std::int64_t>(s.job.services.size()) > cfg.services_limit) {
-        co_return config_error("the job asks for " + std::to_string(s.job.services.size()) +
-                               " services; [runners.docker] services_limit allows " +
-                               std::to_string(cfg.services_limit));
+    if (cfg.services_limit >= 0 &&
+        static_cast<std::int64_t>(s.job.services.size()) > cfg.services_limit) {
+        co_return config_error(
+            "the job asks for " + std::to_string(s.job.services.size()) +
+            " services; [runners.docker] services_limit allows " +
+            std::to_string(cfg.services_limit)
+        );
     }
     std::vector<image_request> services = s.job.services;
     for (const auto& svc : cfg.services) {
@@ -474,13 +514,16 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
     }
     for (const auto& svc : services) {
         if (!is_allowed(cfg.allowed_services, svc.name)) {
-            co_return config_error("the service image \"" + svc.name +
-                                   "\" is not allowed by [runners.docker] allowed_services " +
-                                   list(cfg.allowed_services));
+            co_return config_error(
+                "the service image \"" + svc.name +
+                "\" is not allowed by [runners.docker] allowed_services " +
+                list(cfg.allowed_services)
+            );
         }
     }
 
-    auto policies = effective_pull_policies(image.pull_policy, cfg.pull_policy, cfg.allowed_pull_policies);
+    auto policies =
+        effective_pull_policies(image.pull_policy, cfg.pull_policy, cfg.allowed_pull_policies);
     if (!policies.error.empty()) {
         co_return config_error(policies.error);
     }
@@ -510,7 +553,9 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
     if (!cfg.memory.empty()) {
         auto m = parse_size(cfg.memory);
         if (!m) {
-            co_return config_error("[runners.docker] memory = \"" + cfg.memory + "\" is not a size");
+            co_return config_error(
+                "[runners.docker] memory = \"" + cfg.memory + "\" is not a size"
+            );
         }
         s.memory = *m;
     }
@@ -524,20 +569,28 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
     std::vector<std::string> env = go_runtime_env(go);
     for (const auto& e : env) {
         if (e.rfind("GOMEMLIMIT=", 0) == 0) {
-            sink(e + " injected (" + format_ratio(go.ratio) + " \xc3\x97 memory limit " + human_size(s.memory) + ")\n");
+            sink(
+                e + " injected (" + format_ratio(go.ratio) + " \xc3\x97 memory limit " +
+                human_size(s.memory) + ")\n"
+            );
         }
     }
 
     std::vector<mount_spec> mounts;
     std::error_code fec;
     std::filesystem::create_directories(s.job.builds_dir, fec);
-    mounts.push_back({std::string("bind"), s.job.builds_dir.string(), s.job.builds_dir.string(), false});
+    mounts.push_back(
+        {std::string("bind"), s.job.builds_dir.string(), s.job.builds_dir.string(), false}
+    );
 
     auto cache_labels = [&](std::string_view dest) { return cache_volume_labels(s.who, dest); };
-    const std::string project_key = sanitize_name("kiln-" + s.who.runner + "-project-" + std::to_string(s.who.project_id));
+    const std::string project_key =
+        sanitize_name("kiln-" + s.who.runner + "-project-" + std::to_string(s.who.project_id));
     if (cfg.go_cache.value_or(true) && !cfg.disable_cache) {
         const std::string volume = project_key + "-go-cache";
-        auto r = co_await s.client->call("POST", "/volumes/create", volume_body(volume, cache_labels(go_cache_mount)));
+        auto r = co_await s.client->call(
+            "POST", "/volumes/create", volume_body(volume, cache_labels(go_cache_mount))
+        );
         if (!r.ok()) {
             co_return system_error("creating the Go cache volume failed: " + r.message());
         }
@@ -555,16 +608,22 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
         }
         const std::string volume =
             project_key + "-cache-" + std::to_string(std::hash<std::string>{}(v) % 100000000);
-        auto r = co_await s.client->call("POST", "/volumes/create", volume_body(volume, cache_labels(v)));
+        auto r = co_await s.client->call(
+            "POST", "/volumes/create", volume_body(volume, cache_labels(v))
+        );
         if (!r.ok()) {
-            co_return system_error("creating the cache volume for " + v + " failed: " + r.message());
+            co_return system_error(
+                "creating the cache volume for " + v + " failed: " + r.message()
+            );
         }
         mounts.push_back({std::string("volume"), volume, v, false});
     }
 
     if (!services.empty() && cfg.network_mode.empty()) {
         s.network = s.prefix + "-network";
-        auto r = co_await s.client->call("POST", "/networks/create", network_body(s.network, s.who, cfg));
+        auto r = co_await s.client->call(
+            "POST", "/networks/create", network_body(s.network, s.who, cfg)
+        );
         if (!r.ok()) {
             co_return system_error("creating the job's network failed: " + r.message());
         }
@@ -574,7 +633,8 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
     int index = 0;
     for (const auto& svc : services) {
         sink("Starting service " + svc.name + " ...\n");
-        auto svc_policies = effective_pull_policies(svc.pull_policy, cfg.pull_policy, cfg.allowed_pull_policies);
+        auto svc_policies =
+            effective_pull_policies(svc.pull_policy, cfg.pull_policy, cfg.allowed_pull_policies);
         if (!svc_policies.error.empty()) {
             co_return config_error(svc_policies.error);
         }
@@ -603,16 +663,21 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
         req.service = true;
         auto created = co_await s.create_container(req);
         if (!created.ok()) {
-            co_return system_error("creating service " + svc.name + " failed: " + created.message());
+            co_return system_error(
+                "creating service " + svc.name + " failed: " + created.message()
+            );
         }
         const auto id = s.containers.back();
         auto started = co_await s.client->call("POST", "/containers/" + id + "/start");
         if (!started.ok() && started.status != 304) {
-            co_return system_error("starting service " + svc.name + " failed: " + started.message());
+            co_return system_error(
+                "starting service " + svc.name + " failed: " + started.message()
+            );
         }
         std::vector<int> ports = svc.ports;
         if (svc_json.contains("Config") && svc_json["Config"].is_object() &&
-            svc_json["Config"].contains("ExposedPorts") && svc_json["Config"]["ExposedPorts"].is_object()) {
+            svc_json["Config"].contains("ExposedPorts") &&
+            svc_json["Config"]["ExposedPorts"].is_object()) {
             for (const auto& [p, _] : svc_json["Config"]["ExposedPorts"].items()) {
                 if (p.find("/tcp") != std::string::npos) {
                     try {
@@ -623,11 +688,15 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
             }
         }
         if (cfg.wait_for_services_timeout >= 0 && !s.network.empty()) {
-            bool ready = co_await s.wait_for_service(id, ports, std::chrono::seconds(cfg.wait_for_services_timeout));
+            bool ready = co_await s.wait_for_service(
+                id, ports, std::chrono::seconds(cfg.wait_for_services_timeout)
+            );
             if (!ready) {
                 // As gitlab-runner: a service that is not up is a warning, not a failure.
-                sink("\x1b[0;33m*** WARNING: Service " + svc.name +
-                     " probably didn't start properly.\x1b[0;m\n");
+                sink(
+                    "\x1b[0;33m*** WARNING: Service " + svc.name +
+                    " probably didn't start properly.\x1b[0;m\n"
+                );
             }
         }
     }
@@ -638,8 +707,10 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
     build.cmd = shell_command();
     if (!image.entrypoint.empty()) {
         if (cfg.disable_entrypoint_overwrite) {
-            sink("\x1b[0;33mWARNING: the job's image entrypoint is ignored: "
-                 "[runners.docker] disable_entrypoint_overwrite is set\x1b[0;m\n");
+            sink(
+                "\x1b[0;33mWARNING: the job's image entrypoint is ignored: "
+                "[runners.docker] disable_entrypoint_overwrite is set\x1b[0;m\n"
+            );
         } else {
             build.entrypoint = image.entrypoint;
         }
@@ -708,11 +779,17 @@ asio::awaitable<stage_result> docker_executor::run_stage(stage_request request, 
     stream_demux demux([&sink](int, std::string_view payload) { sink(payload); });
     // Reading and writing at once: a script that prints more than the socket buffers while
     // its stdin is still being written would otherwise deadlock.
-    auto [read_error, write_error] = co_await (read_stage_output(attached.get(), &demux) &&
-                                               write_stage_script(attached.get(), std::move(script)));
+    auto [read_error, write_error] = co_await (
+        read_stage_output(attached.get(), &demux) &&
+        write_stage_script(attached.get(), std::move(script))
+    );
     attached->close();
-    auto waited = co_await s.client->call("POST", "/containers/" + s.build_id + "/wait?condition=not-running", {},
-                                          std::chrono::hours(24 * 7));
+    auto waited = co_await s.client->call(
+        "POST",
+        "/containers/" + s.build_id + "/wait?condition=not-running",
+        {},
+        std::chrono::hours(24 * 7)
+    );
     s.current.clear();
     if (!waited.ok()) {
         result.system_error = "waiting for the build container failed: " + waited.message();
@@ -762,9 +839,13 @@ asio::awaitable<void> docker_executor::cleanup() {
     }
     // Anything else labelled for this job (a create whose answer was lost, say).
     const std::string p(label_prefix);
-    const std::vector<std::string> labels{p + "managed=true", p + "runner.id=" + s.who.runner,
-                                          p + "job.id=" + std::to_string(s.who.job_id)};
-    auto listed = co_await s.client->call("GET", "/containers/json?all=1&filters=" + label_filter(labels), {}, 30s);
+    const std::vector<std::string> labels{
+        p + "managed=true",
+        p + "runner.id=" + s.who.runner,
+        p + "job.id=" + std::to_string(s.who.job_id)};
+    auto listed = co_await s.client->call(
+        "GET", "/containers/json?all=1&filters=" + label_filter(labels), {}, 30s
+    );
     if (listed.ok()) {
         auto j = json::parse(listed.body, nullptr, false);
         if (j.is_array()) {
@@ -776,7 +857,8 @@ asio::awaitable<void> docker_executor::cleanup() {
     if (s.network_created) {
         co_await s.client->call("DELETE", "/networks/" + s.network, {}, 30s);
     }
-    auto nets = co_await s.client->call("GET", "/networks?filters=" + label_filter(labels), {}, 30s);
+    auto nets =
+        co_await s.client->call("GET", "/networks?filters=" + label_filter(labels), {}, 30s);
     if (nets.ok()) {
         auto j = json::parse(nets.body, nullptr, false);
         if (j.is_array()) {
@@ -787,20 +869,24 @@ asio::awaitable<void> docker_executor::cleanup() {
     }
 }
 
-asio::awaitable<int> remove_leftovers(asio::any_io_executor ex, config::docker_settings settings,
-                                      std::string runner_short_token) {
+asio::awaitable<int> remove_leftovers(
+    asio::any_io_executor ex, config::docker_settings settings, std::string runner_short_token
+) {
     engine_client client(ex, docker_socket_path(settings.host));
     if (auto err = co_await client.negotiate(); !err.empty()) {
         throw std::runtime_error(err);
     }
     const std::string p(label_prefix);
-    const std::vector<std::string> labels{p + "managed=true", p + "runner.id=" + runner_short_token};
+    const std::vector<std::string> labels{
+        p + "managed=true", p + "runner.id=" + runner_short_token};
     int removed = 0;
-    auto containers = co_await client.call("GET", "/containers/json?all=1&filters=" + label_filter(labels));
+    auto containers =
+        co_await client.call("GET", "/containers/json?all=1&filters=" + label_filter(labels));
     if (containers.ok()) {
         auto j = json::parse(containers.body, nullptr, false);
         for (const auto& c : j.is_array() ? j : json::array()) {
-            auto r = co_await client.call("DELETE", "/containers/" + c.value("Id", "") + "?force=1&v=1");
+            auto r =
+                co_await client.call("DELETE", "/containers/" + c.value("Id", "") + "?force=1&v=1");
             removed += r.ok() ? 1 : 0;
         }
     }

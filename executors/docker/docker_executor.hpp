@@ -25,7 +25,7 @@ struct image_request {
     std::string name;
     std::string alias;  // services: names separated by ',' or spaces
     std::vector<std::string> entrypoint;
-    std::vector<std::string> command;  // services only
+    std::vector<std::string> command;                            // services only
     std::vector<std::pair<std::string, std::string>> variables;  // services only
     std::vector<std::string> pull_policy;
     std::vector<int> ports;  // services: TCP ports to wait for
@@ -68,7 +68,8 @@ public:
     /// goes to `sink`. Completes when the build container is ready or something failed.
     boost::asio::awaitable<prepare_result> prepare(job_description job, output_sink sink);
 
-    boost::asio::awaitable<stage_result> run_stage(stage_request request, output_sink sink) override;
+    boost::asio::awaitable<stage_result> run_stage(stage_request request, output_sink sink)
+        override;
     void signal_stage(int sig) override;
     /// Removes the job's containers, network and non-cache volumes, also those found only by
     /// label. Never throws; bounded by its own timeouts.
@@ -85,9 +86,11 @@ private:
 /// Removes what an earlier kiln process left for this runner (containers, networks, non-cache
 /// volumes labelled with its short token). Returns how many objects were removed, or throws
 /// std::runtime_error when the engine cannot be reached.
-boost::asio::awaitable<int> remove_leftovers(boost::asio::any_io_executor ex,
-                                             config::docker_settings settings,
-                                             std::string runner_short_token);
+boost::asio::awaitable<int> remove_leftovers(
+    boost::asio::any_io_executor ex,
+    config::docker_settings settings,
+    std::string runner_short_token
+);
 
 /// Jobs whose container was killed for memory since start-up.
 std::uint64_t oom_kills_total();

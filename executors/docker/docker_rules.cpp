@@ -34,8 +34,9 @@ bool parse_decimal(std::string_view s, double& out) {
 
 std::string lower(std::string_view s) {
     std::string r(s);
-    std::transform(r.begin(), r.end(), r.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    std::transform(r.begin(), r.end(), r.begin(), [](unsigned char c) {
+        return static_cast<char>(std::tolower(c));
+    });
     return r;
 }
 
@@ -116,8 +117,9 @@ bool match_here(std::string_view p, std::string_view n) {
             std::size_t start = 0;
             for (;;) {
                 auto comma = body.find(',', start);
-                auto alt = body.substr(start, comma == std::string_view::npos ? body.size() - start
-                                                                               : comma - start);
+                auto alt = body.substr(
+                    start, comma == std::string_view::npos ? body.size() - start : comma - start
+                );
                 if (match_here(std::string(alt) + std::string(rest), n)) {
                     return true;
                 }
@@ -196,12 +198,28 @@ std::optional<std::int64_t> parse_size(std::string_view s) {
     std::size_t u = 0;
     if (u < unit.size()) {
         switch (unit[u]) {
-            case 'k': mult = 1024.0; ++u; break;
-            case 'm': mult = 1024.0 * 1024; ++u; break;
-            case 'g': mult = 1024.0 * 1024 * 1024; ++u; break;
-            case 't': mult = 1024.0 * 1024 * 1024 * 1024; ++u; break;
-            case 'p': mult = 1024.0 * 1024 * 1024 * 1024 * 1024; ++u; break;
-            default: break;
+            case 'k':
+                mult = 1024.0;
+                ++u;
+                break;
+            case 'm':
+                mult = 1024.0 * 1024;
+                ++u;
+                break;
+            case 'g':
+                mult = 1024.0 * 1024 * 1024;
+                ++u;
+                break;
+            case 't':
+                mult = 1024.0 * 1024 * 1024 * 1024;
+                ++u;
+                break;
+            case 'p':
+                mult = 1024.0 * 1024 * 1024 * 1024 * 1024;
+                ++u;
+                break;
+            default:
+                break;
         }
     }
     if (u > 0 && u < unit.size() && unit[u] == 'i') {
@@ -236,7 +254,8 @@ int cpuset_count(std::string_view s) {
     }
     while (start <= s.size()) {
         auto comma = s.find(',', start);
-        auto part = s.substr(start, comma == std::string_view::npos ? s.size() - start : comma - start);
+        auto part =
+            s.substr(start, comma == std::string_view::npos ? s.size() - start : comma - start);
         auto dash = part.find('-');
         try {
             if (dash == std::string_view::npos) {
@@ -267,10 +286,11 @@ std::string gomemlimit_value(std::int64_t limit_bytes, double ratio) {
     }
     // The epsilon keeps ratios that binary floating point cannot hold exactly (0.95 is
     // 0.94999…) from rounding a whole MiB down: 0.95 × 1000 MiB is 950MiB, not 949MiB.
-    auto mib = static_cast<std::int64_t>(std::floor(static_cast<long double>(limit_bytes) *
-                                                        static_cast<long double>(ratio) /
-                                                        (1024.0L * 1024.0L) +
-                                                    1e-9L));
+    auto mib = static_cast<std::int64_t>(std::floor(
+        static_cast<long double>(limit_bytes) * static_cast<long double>(ratio) /
+            (1024.0L * 1024.0L) +
+        1e-9L
+    ));
     if (mib < 1) {
         return {};
     }
@@ -294,7 +314,9 @@ std::vector<std::string> go_runtime_env(const go_env_inputs& in) {
         }
     }
     if (in.nano_cpus > 0 && in.already_set.count("GOMAXPROCS") == 0) {
-        env.push_back("GOMAXPROCS=" + std::to_string(gomaxprocs_value(in.nano_cpus, in.available_cpus)));
+        env.push_back(
+            "GOMAXPROCS=" + std::to_string(gomaxprocs_value(in.nano_cpus, in.available_cpus))
+        );
     }
     return env;
 }
@@ -307,7 +329,9 @@ std::string human_size(std::int64_t bytes) {
             return std::to_string(v / unit) + " " + name;
         }
         char buf[64];
-        std::snprintf(buf, sizeof buf, "%.1f %s", static_cast<double>(v) / static_cast<double>(unit), name);
+        std::snprintf(
+            buf, sizeof buf, "%.1f %s", static_cast<double>(v) / static_cast<double>(unit), name
+        );
         return std::string(buf);
     };
     if (bytes >= gib) {
@@ -319,7 +343,9 @@ std::string human_size(std::int64_t bytes) {
     return std::to_string(bytes) + " bytes";
 }
 
-bool glob_match(std::string_view pattern, std::string_view name) { return match_here(pattern, name); }
+bool glob_match(std::string_view pattern, std::string_view name) {
+    return match_here(pattern, name);
+}
 
 bool is_allowed(const std::vector<std::string>& patterns, std::string_view name) {
     if (patterns.empty()) {
@@ -342,9 +368,11 @@ bool is_allowed(const std::vector<std::string>& patterns, std::string_view name)
     return included || !positive_seen;
 }
 
-pull_policies effective_pull_policies(const std::vector<std::string>& job,
-                                      const std::vector<std::string>& runner,
-                                      const std::vector<std::string>& allowed) {
+pull_policies effective_pull_policies(
+    const std::vector<std::string>& job,
+    const std::vector<std::string>& runner,
+    const std::vector<std::string>& allowed
+) {
     pull_policies out;
     std::string source = "GitLab pipeline config";
     std::vector<std::string> wanted = job;
@@ -402,8 +430,8 @@ std::vector<std::string> service_aliases(std::string_view image, std::string_vie
         name.erase(at);
     }
     auto slash = name.rfind('/');
-    if (auto colon = name.rfind(':'); colon != std::string::npos &&
-                                      (slash == std::string::npos || colon > slash)) {
+    if (auto colon = name.rfind(':');
+        colon != std::string::npos && (slash == std::string::npos || colon > slash)) {
         name.erase(colon);
     }
     std::string a = name;
@@ -429,7 +457,8 @@ std::vector<std::string> service_aliases(std::string_view image, std::string_vie
 std::string sanitize_name(std::string_view s) {
     std::string out;
     for (char c : s) {
-        bool ok = std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '.' || c == '-';
+        bool ok =
+            std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '.' || c == '-';
         out += ok ? c : '-';
     }
     if (out.empty() || std::isalnum(static_cast<unsigned char>(out[0])) == 0) {
@@ -480,14 +509,17 @@ std::string container_create_body(const config::docker_settings& s, const contai
     body["AttachStderr"] = true;
 
     json host;
-    auto size = [&](const std::string& key, const std::string& value) -> std::optional<std::int64_t> {
+    auto size = [&](const std::string& key,
+                    const std::string& value) -> std::optional<std::int64_t> {
         if (value.empty()) {
             return std::nullopt;
         }
         auto v = parse_size(value);
         if (!v) {
-            throw std::invalid_argument("[runners.docker] " + key + " = \"" + value +
-                                        "\" is not a size such as \"512m\" or \"2g\"");
+            throw std::invalid_argument(
+                "[runners.docker] " + key + " = \"" + value +
+                "\" is not a size such as \"512m\" or \"2g\""
+            );
         }
         return v;
     };
@@ -506,8 +538,9 @@ std::string container_create_body(const config::docker_settings& s, const contai
         if (!s.cpus.empty()) {
             auto v = parse_cpus(s.cpus);
             if (!v) {
-                throw std::invalid_argument("[runners.docker] cpus = \"" + s.cpus +
-                                            "\" is not a number of CPUs");
+                throw std::invalid_argument(
+                    "[runners.docker] cpus = \"" + s.cpus + "\" is not a number of CPUs"
+                );
             }
             host["NanoCpus"] = *v;
         }
@@ -548,9 +581,11 @@ std::string container_create_body(const config::docker_settings& s, const contai
                         perms = rest.substr(b + 1);
                     }
                 }
-                devices.push_back({{"PathOnHost", on_host},
-                                   {"PathInContainer", in_container},
-                                   {"CgroupPermissions", perms}});
+                devices.push_back(
+                    {{"PathOnHost", on_host},
+                     {"PathInContainer", in_container},
+                     {"CgroupPermissions", perms}}
+                );
             }
             host["Devices"] = devices;
         }
@@ -570,7 +605,8 @@ std::string container_create_body(const config::docker_settings& s, const contai
         host["ShmSize"] = s.shm_size;
     }
     bool privileged = req.service ? s.services_privileged.value_or(s.privileged) : s.privileged;
-    const auto& allowed_priv = req.service ? s.allowed_privileged_services : s.allowed_privileged_images;
+    const auto& allowed_priv =
+        req.service ? s.allowed_privileged_services : s.allowed_privileged_images;
     host["Privileged"] = privileged && is_allowed(allowed_priv, req.image);
     if (!s.cap_add.empty()) {
         host["CapAdd"] = s.cap_add;
@@ -593,8 +629,12 @@ std::string container_create_body(const config::docker_settings& s, const contai
     if (!req.mounts.empty()) {
         json mounts = json::array();
         for (const auto& m : req.mounts) {
-            mounts.push_back({{"Type", m.type}, {"Source", m.source}, {"Target", m.target},
-                              {"ReadOnly", m.read_only}});
+            mounts.push_back(
+                {{"Type", m.type},
+                 {"Source", m.source},
+                 {"Target", m.target},
+                 {"ReadOnly", m.read_only}}
+            );
         }
         host["Mounts"] = mounts;
     }
@@ -616,11 +656,13 @@ std::string container_create_body(const config::docker_settings& s, const contai
             auto colon = value.find(':');
             try {
                 std::int64_t soft = std::stoll(value.substr(0, colon));
-                std::int64_t hard = colon == std::string::npos ? soft : std::stoll(value.substr(colon + 1));
+                std::int64_t hard =
+                    colon == std::string::npos ? soft : std::stoll(value.substr(colon + 1));
                 ulimits.push_back({{"Name", name}, {"Soft", soft}, {"Hard", hard}});
             } catch (const std::exception&) {
-                throw std::invalid_argument("[runners.docker.ulimit] " + name + " = \"" + value +
-                                            "\" is not \"soft:hard\"");
+                throw std::invalid_argument(
+                    "[runners.docker.ulimit] " + name + " = \"" + value + "\" is not \"soft:hard\""
+                );
             }
         }
         host["Ulimits"] = ulimits;

@@ -37,7 +37,7 @@ struct go_env_inputs {
     std::int64_t memory_bytes = 0;  // HostConfig.Memory; 0 = no limit
     double ratio = 0.9;
     std::int64_t nano_cpus = 0;
-    int available_cpus = 1;         // cpuset or host CPUs
+    int available_cpus = 1;  // cpuset or host CPUs
     /// Variable names already set by the job, the runner's environment or the image.
     std::set<std::string> already_set;
 };
@@ -65,9 +65,11 @@ struct pull_policies {
 
 /// The job's image:pull_policy if given, else the runner's pull_policy, else ["always"],
 /// restricted to allowed_pull_policies (gitlab-runner's rule).
-pull_policies effective_pull_policies(const std::vector<std::string>& job,
-                                      const std::vector<std::string>& runner,
-                                      const std::vector<std::string>& allowed);
+pull_policies effective_pull_policies(
+    const std::vector<std::string>& job,
+    const std::vector<std::string>& runner,
+    const std::vector<std::string>& allowed
+);
 
 /// Adds ":latest" when the last path component names no tag or digest.
 std::string normalize_image(std::string_view image);
@@ -111,14 +113,15 @@ struct container_request {
     std::vector<std::string> aliases;
     std::string user;
     std::string working_dir;
-    bool service = false;  // service containers get no build resource limits
+    bool service = false;       // service containers get no build resource limits
     bool stdin_script = false;  // the build container: stages arrive on stdin
     bool init = false;          // docker-init as PID 1 so SIGTERM ends the stage
 };
 
 /// The JSON body of POST /containers/create from [runners.docker] and the request. Throws
 /// std::invalid_argument naming the key when a setting cannot be expressed (bad size, …).
-std::string container_create_body(const config::docker_settings& settings,
-                                  const container_request& req);
+std::string container_create_body(
+    const config::docker_settings& settings, const container_request& req
+);
 
 }  // namespace kiln::executors::docker

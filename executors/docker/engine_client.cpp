@@ -113,8 +113,10 @@ std::string docker_socket_path(const std::string& configured_host) {
     if (host.rfind("unix://", 0) == 0) {
         return host.substr(7);
     }
-    throw std::invalid_argument("Docker host \"" + host +
-                                "\" is not supported yet: kiln speaks to the engine over unix:// only");
+    throw std::invalid_argument(
+        "Docker host \"" + host +
+        "\" is not supported yet: kiln speaks to the engine over unix:// only"
+    );
 }
 
 int compare_api_versions(std::string_view a, std::string_view b) {
@@ -139,8 +141,10 @@ int compare_api_versions(std::string_view a, std::string_view b) {
 }
 
 std::string choose_api_version(std::string_view daemon_version, std::string_view daemon_min) {
-    std::string use(compare_api_versions(daemon_version, newest_api_version) < 0 ? daemon_version
-                                                                                : newest_api_version);
+    std::string use(
+        compare_api_versions(daemon_version, newest_api_version) < 0 ? daemon_version
+                                                                     : newest_api_version
+    );
     if (!daemon_min.empty() && compare_api_versions(use, daemon_min) < 0) {
         return {};
     }
@@ -187,11 +191,14 @@ struct engine_client::impl {
     // One exchange on a fresh connection: a Unix socket connect costs microseconds, and a
     // connection per request means no stale kept-alive sockets to recover from.
     asio::awaitable<api_result> exchange(
-        const std::string& method, const std::string& full_target, const std::string& body,
+        const std::string& method,
+        const std::string& full_target,
+        const std::string& body,
         std::chrono::milliseconds timeout,
         const std::vector<std::pair<std::string, std::string>>& headers,
         std::string* api_version_header,
-        const std::function<void(std::string_view)>* on_body = nullptr) {
+        const std::function<void(std::string_view)>* on_body = nullptr
+    ) {
         api_result result;
         unix_stream stream(ex);
         stream.expires_after(timeout);
@@ -213,7 +220,8 @@ struct engine_client::impl {
         req.prepare_payload();
         auto [wec, wn] = co_await http::async_write(stream, req, use_tuple);
         if (wec) {
-            result.body = "sending " + method + " " + full_target + " to the Docker engine failed: " +
+            result.body = "sending " + method + " " + full_target +
+                          " to the Docker engine failed: " +
                           (wec == beast::error::timeout ? std::string("timed out") : wec.message());
             co_return result;
         }
@@ -223,7 +231,8 @@ struct engine_client::impl {
         auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, use_tuple);
         if (hec) {
             result.body = "reading the Docker engine's answer to " + method + " " + full_target +
-                          " failed: " + (hec == beast::error::timeout ? std::string("timed out") : hec.message());
+                          " failed: " +
+                          (hec == beast::error::timeout ? std::string("timed out") : hec.message());
             co_return result;
         }
         result.status = static_cast<int>(parser.get().result_int());
@@ -248,7 +257,8 @@ struct engine_client::impl {
                 result.body.append(chunk.data(), got);
                 if (result.body.size() > 64 * 1024 * 1024) {
                     result.status = 0;
-                    result.body = "the Docker engine's answer to " + full_target + " is larger than 64 MiB";
+                    result.body =
+                        "the Docker engine's answer to " + full_target + " is larger than 64 MiB";
                     co_return result;
                 }
             }
@@ -257,8 +267,10 @@ struct engine_client::impl {
             }
             if (ec) {
                 result.status = 0;
-                result.body = "reading the Docker engine's answer to " + method + " " + full_target +
-                              " failed: " + (ec == beast::error::timeout ? std::string("timed out") : ec.message());
+                result.body =
+                    "reading the Docker engine's answer to " + method + " " + full_target +
+                    " failed: " +
+                    (ec == beast::error::timeout ? std::string("timed out") : ec.message());
                 co_return result;
             }
         }
@@ -282,15 +294,18 @@ asio::awaitable<std::string> engine_client::negotiate() {
         co_return std::string{};
     }
     std::string daemon_version;
-    auto ping = co_await impl_->exchange("GET", "/_ping", {}, std::chrono::seconds(10), {}, &daemon_version);
+    auto ping = co_await impl_->exchange(
+        "GET", "/_ping", {}, std::chrono::seconds(10), {}, &daemon_version
+    );
     if (ping.status == 0) {
         co_return ping.body;
     }
     if (!ping.ok()) {
-        co_return "the Docker engine answered /_ping with HTTP " + std::to_string(ping.status) + ": " +
-            ping.message();
+        co_return "the Docker engine answered /_ping with HTTP " + std::to_string(ping.status) +
+            ": " + ping.message();
     }
-    auto version = co_await impl_->exchange("GET", "/version", {}, std::chrono::seconds(10), {}, nullptr);
+    auto version =
+        co_await impl_->exchange("GET", "/version", {}, std::chrono::seconds(10), {}, nullptr);
     std::string min_version;
     if (version.ok()) {
         try {
@@ -315,9 +330,13 @@ asio::awaitable<std::string> engine_client::negotiate() {
     co_return std::string{};
 }
 
-asio::awaitable<api_result> engine_client::call(std::string method, std::string path, std::string body,
-                                                std::chrono::milliseconds timeout,
-                                                std::vector<std::pair<std::string, std::string>> headers) {
+asio::awaitable<api_result> engine_client::call(
+    std::string method,
+    std::string path,
+    std::string body,
+    std::chrono::milliseconds timeout,
+    std::vector<std::pair<std::string, std::string>> headers
+) {
     if (auto err = co_await negotiate(); !err.empty()) {
         co_return api_result{0, err};
     }
@@ -333,8 +352,9 @@ asio::awaitable<api_result> engine_client::call(std::string method, std::string 
     co_return r;
 }
 
-asio::awaitable<api_result> engine_client::pull(std::string from_image, std::string registry_auth,
-                                                std::function<void(std::string_view)> on_line) {
+asio::awaitable<api_result> engine_client::pull(
+    std::string from_image, std::string registry_auth, std::function<void(std::string_view)> on_line
+) {
     if (auto err = co_await negotiate(); !err.empty()) {
         co_return api_result{0, err};
     }
@@ -356,15 +376,23 @@ asio::awaitable<api_result> engine_client::pull(std::string from_image, std::str
             try {
                 auto j = nlohmann::json::parse(line);
                 if (j.is_object() && j.contains("error")) {
-                    stream_error = j["error"].is_string() ? j["error"].get<std::string>() : j["error"].dump();
+                    stream_error =
+                        j["error"].is_string() ? j["error"].get<std::string>() : j["error"].dump();
                 }
             } catch (const std::exception&) {
             }
             on_line(line);
         }
     };
-    auto r = co_await impl_->exchange("POST", impl_->target("/images/create?fromImage=" + url_encode(from_image)),
-                                      {}, std::chrono::hours(1), headers, nullptr, &on_body);
+    auto r = co_await impl_->exchange(
+        "POST",
+        impl_->target("/images/create?fromImage=" + url_encode(from_image)),
+        {},
+        std::chrono::hours(1),
+        headers,
+        nullptr,
+        &on_body
+    );
     if (!pending.empty()) {
         on_body("\n");
     }
@@ -375,7 +403,9 @@ asio::awaitable<api_result> engine_client::pull(std::string from_image, std::str
     co_return r;
 }
 
-asio::awaitable<std::unique_ptr<attach_stream>> engine_client::attach(std::string id, std::string& error) {
+asio::awaitable<std::unique_ptr<attach_stream>> engine_client::attach(
+    std::string id, std::string& error
+) {
     if (auto err = co_await negotiate(); !err.empty()) {
         error = err;
         co_return nullptr;
@@ -388,7 +418,9 @@ asio::awaitable<std::unique_ptr<attach_stream>> engine_client::attach(std::strin
         co_return nullptr;
     }
     http::request<http::empty_body> req{
-        http::verb::post, impl_->target("/containers/" + id + "/attach?stream=1&stdin=1&stdout=1&stderr=1"), 11};
+        http::verb::post,
+        impl_->target("/containers/" + id + "/attach?stream=1&stdin=1&stdout=1&stderr=1"),
+        11};
     req.set(http::field::host, "docker");
     req.set(http::field::connection, "Upgrade");
     req.set(http::field::upgrade, "tcp");
@@ -416,8 +448,8 @@ asio::awaitable<std::unique_ptr<attach_stream>> engine_client::attach(std::strin
                 break;
             }
         }
-        error = "attaching to container " + id.substr(0, 12) + " failed: HTTP " + std::to_string(status) +
-                ": " + trim(leftover);
+        error = "attaching to container " + id.substr(0, 12) + " failed: HTTP " +
+                std::to_string(status) + ": " + trim(leftover);
         co_return nullptr;
     }
     stream.expires_never();

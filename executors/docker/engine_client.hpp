@@ -15,8 +15,8 @@
 namespace kiln::executors::docker {
 
 struct api_result {
-    int status = 0;           // 0: no HTTP answer (transport failure), see `body`
-    std::string body;         // response body, or the transport error text when status == 0
+    int status = 0;    // 0: no HTTP answer (transport failure), see `body`
+    std::string body;  // response body, or the transport error text when status == 0
     bool ok() const { return status >= 200 && status < 300; }
     /// The daemon's {"message": …} (or the plain text body) for error messages.
     std::string message() const;
@@ -47,7 +47,9 @@ public:
     virtual boost::asio::awaitable<std::string> write_and_close(std::string data) = 0;
     /// Delivers raw stream bytes (frames) until the daemon closes the stream; returns an error
     /// text or empty.
-    virtual boost::asio::awaitable<std::string> read_all(std::function<void(std::string_view)> on_bytes) = 0;
+    virtual boost::asio::awaitable<std::string> read_all(
+        std::function<void(std::string_view)> on_bytes
+    ) = 0;
     /// Ends the connection at once (pending reads complete with an error).
     virtual void close() = 0;
 };
@@ -65,20 +67,28 @@ public:
 
     /// One request; `path` is relative to the versioned root ("/containers/create?name=x").
     /// JSON bodies get Content-Type: application/json. Transport failures become status 0.
-    boost::asio::awaitable<api_result> call(std::string method, std::string path,
-                                            std::string body = {},
-                                            std::chrono::milliseconds timeout = std::chrono::seconds(60),
-                                            std::vector<std::pair<std::string, std::string>> headers = {});
+    boost::asio::awaitable<api_result> call(
+        std::string method,
+        std::string path,
+        std::string body = {},
+        std::chrono::milliseconds timeout = std::chrono::seconds(60),
+        std::vector<std::pair<std::string, std::string>> headers = {}
+    );
 
     /// POST /images/create: every JSON line of the 200 stream goes to `on_line`. A line with an
     /// "error" key turns the result into a failure (status 500, message = that error), because
     /// the daemon reports failures after its 200 (docker-engine.md §2.2).
-    boost::asio::awaitable<api_result> pull(std::string from_image, std::string registry_auth,
-                                            std::function<void(std::string_view)> on_line);
+    boost::asio::awaitable<api_result> pull(
+        std::string from_image,
+        std::string registry_auth,
+        std::function<void(std::string_view)> on_line
+    );
 
     /// POST /containers/{id}/attach with stdin, stdout, stderr and stream=1, hijacked. Must be
     /// called before start. Returns the stream, or nullptr with `error` set.
-    boost::asio::awaitable<std::unique_ptr<attach_stream>> attach(std::string id, std::string& error);
+    boost::asio::awaitable<std::unique_ptr<attach_stream>> attach(
+        std::string id, std::string& error
+    );
 
     const std::string& api_version() const;
     const std::string& socket_path() const;

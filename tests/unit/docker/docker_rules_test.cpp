@@ -39,7 +39,8 @@ TEST_CASE("GOMEMLIMIT is floor(ratio x limit) in whole MiB, in Go's syntax", "[d
         for (double ratio : {0.1, 0.5, 0.75, 0.9, 0.95, 1.0}) {
             auto v = gomemlimit_value(mib << 20, ratio);
             INFO(mib << " MiB at " << ratio << ": " << v);
-            const auto want = static_cast<std::int64_t>(std::floor(static_cast<double>(mib) * ratio + 1e-9));
+            const auto want =
+                static_cast<std::int64_t>(std::floor(static_cast<double>(mib) * ratio + 1e-9));
             if (want < 1) {
                 CHECK(v.empty());
                 continue;
@@ -106,9 +107,14 @@ TEST_CASE("allow-lists are doublestar globs with exclusions", "[docker]") {
 
 TEST_CASE("pull policies: the job's list, limited by allowed_pull_policies", "[docker]") {
     CHECK(effective_pull_policies({}, {}, {}).policies == std::vector<std::string>{"always"});
-    CHECK(effective_pull_policies({}, {"if-not-present"}, {}).policies ==
-          std::vector<std::string>{"if-not-present"});
-    CHECK(effective_pull_policies({"never"}, {"always"}, {}).policies == std::vector<std::string>{"never"});
+    CHECK(
+        effective_pull_policies({}, {"if-not-present"}, {}).policies ==
+        std::vector<std::string>{"if-not-present"}
+    );
+    CHECK(
+        effective_pull_policies({"never"}, {"always"}, {}).policies ==
+        std::vector<std::string>{"never"}
+    );
     auto r = effective_pull_policies({"always", "if-not-present"}, {}, {"if-not-present"});
     CHECK(r.policies == std::vector<std::string>{"if-not-present"});
     auto refused = effective_pull_policies({"always"}, {}, {"never", "if-not-present"});
@@ -122,9 +128,14 @@ TEST_CASE("image names, aliases and labels", "[docker]") {
     CHECK(normalize_image("host:5000/repo") == "host:5000/repo:latest");
     CHECK(normalize_image("host:5000/repo:1") == "host:5000/repo:1");
     CHECK(normalize_image("repo@sha256:abc") == "repo@sha256:abc");
-    CHECK(service_aliases("registry.example.com/group/postgres:15", "db, pg") ==
-          std::vector<std::string>{"db", "pg", "registry.example.com__group__postgres",
-                                   "registry.example.com-group-postgres"});
+    CHECK(
+        service_aliases("registry.example.com/group/postgres:15", "db, pg") ==
+        std::vector<std::string>{
+            "db",
+            "pg",
+            "registry.example.com__group__postgres",
+            "registry.example.com-group-postgres"}
+    );
     CHECK(service_aliases("redis", "") == std::vector<std::string>{"redis"});
     CHECK(sanitize_name("kiln-abc/x:1") == "kiln-abc-x-1");
     auto l = labels_for({"tok", 42, 7, 9}, "build");
@@ -217,8 +228,10 @@ TEST_CASE("container create body from [runners.docker]", "[docker]") {
         CHECK_FALSE(sj["HostConfig"].contains("Memory"));
         CHECK(sj["OpenStdin"] == false);
         CHECK(sj["HostConfig"]["NetworkMode"] == "kiln-net");
-        CHECK(sj["NetworkingConfig"]["EndpointsConfig"]["kiln-net"]["Aliases"] ==
-              json::array({"cache", "redis"}));
+        CHECK(
+            sj["NetworkingConfig"]["EndpointsConfig"]["kiln-net"]["Aliases"] ==
+            json::array({"cache", "redis"})
+        );
     }
     SECTION("privileged only for allowed images") {
         s.privileged = true;
@@ -232,7 +245,10 @@ TEST_CASE("container create body from [runners.docker]", "[docker]") {
     }
     SECTION("an entrypoint is only sent when asked for") {
         req.entrypoint = std::vector<std::string>{"/bin/sh", "-c"};
-        CHECK(json::parse(container_create_body(s, req))["Entrypoint"] == json::array({"/bin/sh", "-c"}));
+        CHECK(
+            json::parse(container_create_body(s, req))["Entrypoint"] ==
+            json::array({"/bin/sh", "-c"})
+        );
     }
 }
 
@@ -243,8 +259,13 @@ TEST_CASE("API version negotiation", "[docker]") {
     CHECK(choose_api_version("1.60", "1.55") == "");
     CHECK(choose_api_version("1.40", "1.12") == "");
     CHECK(compare_api_versions("1.9", "1.10") < 0);
-    CHECK(is_api_version_error(400, "client version 1.41 is too old. Minimum supported API version is 1.44"));
-    CHECK(is_api_version_error(400, R"({"message":"client version 1.50 is too new. Maximum supported API version is 1.41"})"));
+    CHECK(is_api_version_error(
+        400, "client version 1.41 is too old. Minimum supported API version is 1.44"
+    ));
+    CHECK(is_api_version_error(
+        400,
+        R"({"message":"client version 1.50 is too new. Maximum supported API version is 1.41"})"
+    ));
     CHECK_FALSE(is_api_version_error(400, R"({"message":"Minimum memory limit allowed is 6MB"})"));
     CHECK_FALSE(is_api_version_error(404, "client version 1.41 is too old"));
     CHECK(docker_socket_path("unix:///tmp/d.sock") == "/tmp/d.sock");

@@ -38,12 +38,13 @@ TEST_CASE("demux separates stdout and stderr frames", "[docker]") {
 
 TEST_CASE("demux gives the same result for every split of the input", "[docker]") {
     const std::string big(70000, 'x');  // size needs all four length bytes' worth of care
-    const std::string input = frame(1, "out1\nline1\nline2\nno newline") + frame(2, "e") + frame(1, "") +
-                              frame(1, big) + frame(2, "tail\n");
+    const std::string input = frame(1, "out1\nline1\nline2\nno newline") + frame(2, "e") +
+                              frame(1, "") + frame(1, big) + frame(2, "tail\n");
     const std::string want_out = "out1\nline1\nline2\nno newline" + big;
     const std::string want_err = "etail\n";
     for (std::size_t cut = 0; cut <= input.size(); cut += (cut < 200 ? 1 : 997)) {
-        for (std::size_t cut2 : {cut, std::min(input.size(), cut + 3), std::min(input.size(), cut + 9)}) {
+        for (std::size_t cut2 :
+             {cut, std::min(input.size(), cut + 3), std::min(input.size(), cut + 9)}) {
             collected c;
             stream_demux d([&](int s, std::string_view p) { (s == 2 ? c.err : c.out) += p; });
             REQUIRE(d.feed(std::string_view(input).substr(0, cut)));
