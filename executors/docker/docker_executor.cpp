@@ -522,6 +522,14 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
         }
     }
 
+    if (!image.user.empty() && !cfg.allowed_users.empty() &&
+        !is_allowed(cfg.allowed_users, image.user)) {
+        co_return config_error(
+            "the user \"" + image.user + "\" is not allowed by [runners.docker] allowed_users " +
+            list(cfg.allowed_users)
+        );
+    }
+
     auto policies =
         effective_pull_policies(image.pull_policy, cfg.pull_policy, cfg.allowed_pull_policies);
     if (!policies.error.empty()) {
@@ -725,7 +733,8 @@ asio::awaitable<prepare_result> docker_executor::prepare(job_description job, ou
     if (!s.network.empty()) {
         build.aliases.push_back(std::string("build"));
     }
-    build.user = !cfg.user.empty() ? cfg.user : image.user;
+    // The job's image:docker:user wins over [runners.docker] user, within allowed_users.
+    build.user = !image.user.empty() ? image.user : cfg.user;
     build.stdin_script = true;
     // docker-init as PID 1: a SIGTERM to the container then ends the stage's shell; a shell as
     // PID 1 ignores it (docker-engine.md §4.7).

@@ -139,7 +139,9 @@ class DockerTest(unittest.TestCase):
 
     def enqueue(self, script, image=None, services=None, variables=None, after_script=None):
         overrides = {}
-        if image is not None:
+        if isinstance(image, dict):
+            overrides["image"] = image
+        elif image is not None:
             overrides["image"] = {"name": image}
         overrides["services"] = services or []
         return self.gitlab.enqueue_job(fixture="job_basic", repo="acme/gizmo", sha=self.sha,
@@ -252,6 +254,18 @@ class DockerTest(unittest.TestCase):
         self.assertEqual(state["state"], "canceled", state)
         self.assertNotIn("after-ran", state["trace"])
         self.assertEqual(labelled("containers", self.job_labels(job["id"])), [])
+
+    def test_job_user_within_allowed_users(self):
+        self.write_config('    allowed_users = ["nobody"]\n')
+        image = {"name": "local/busybox", "executor_opts": {"docker": {"user": "nobody"}}}
+        ok = self.run_one(['echo "uid=$(id -u)"'], image=image)
+        self.assertEqual(ok["state"], "success", ok["trace"] + self.kiln_log())
+        self.assertIn("\nuid=65534\n", ok["trace"])
+        image["executor_opts"]["docker"]["user"] = "root"
+        refused = self.run_one(["echo never"], image=image)
+        self.assertEqual(refused["state"], "failed")
+        self.assertIn('the user "root" is not allowed by [runners.docker] allowed_users [nobody]',
+                      refused["trace"])
 
     def test_cancel_leaves_no_container_of_the_job(self):
         job = self.enqueue(["echo started", "sleep 300"])
