@@ -4,7 +4,8 @@
 #
 #   bash scripts/docker-setup.sh          install docker.io if needed, start dockerd if no engine
 #                                         answers, build local/busybox and local/gomem if missing
-#   bash scripts/docker-setup.sh --stop   stop the dockerd this script started (if any)
+#   bash scripts/docker-setup.sh --stop   stop the dockerd this script started (if any), unless
+#                                         another run holds /run/kiln-dockerd/users.lock (.ci/run)
 #
 # Idempotent. An engine that already answers (the system's, or one this script started earlier)
 # is used as it is. The dockerd started here uses the vfs storage driver and no iptables rules,
@@ -29,6 +30,13 @@ ping_engine() {
 }
 
 if [ "${1:-}" = "--stop" ]; then
+  # Another run (see .ci/run) still using the engine holds a shared lock on this file.
+  $sudo mkdir -p "$state_dir"
+  exec 9>>"$state_dir/users.lock"
+  if ! flock -xn 9; then
+    echo "docker-setup: another run still uses dockerd; leaving it running"
+    exit 0
+  fi
   if [ -f "$pid_file" ]; then
     pid=$(cat "$pid_file")
     if kill -0 "$pid" 2>/dev/null; then
