@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <stdlib.h>
+
 #include <cstdio>
 #include <string>
 
@@ -11,8 +13,12 @@ namespace {
 
 // Runs a script with /bin/sh and returns its output: the quoting must survive a real shell.
 std::string run_sh(const std::string& script) {
-    std::string path = "/tmp/kiln-script-builder-test.sh";
-    if (FILE* f = std::fopen(path.c_str(), "w")) {
+    // A file of its own: ctest runs test cases in parallel processes.
+    char path_template[] = "/tmp/kiln-script-builder-test-XXXXXX";
+    int fd = ::mkstemp(path_template);
+    REQUIRE(fd >= 0);
+    std::string path = path_template;
+    if (FILE* f = ::fdopen(fd, "w")) {
         std::fputs(script.c_str(), f);
         std::fclose(f);
     }
