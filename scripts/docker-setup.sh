@@ -122,7 +122,10 @@ if ! has_image local/busybox; then
     -c 'CMD ["/bin/sh"]' - local/busybox:latest >/dev/null
 fi
 
-if ! has_image local/gomem; then
+# Rebuilt whenever the program's source changes (its hash is a label on the image).
+gomem_source=$(sha256sum tests/fixtures/gomem/main.go | cut -c1-16)
+gomem_built=$(dk image inspect -f '{{ index .Config.Labels "kiln.source" }}' local/gomem 2>/dev/null || true)
+if [ "$gomem_built" != "$gomem_source" ]; then
   echo "docker-setup: building local/gomem"
   make_busybox_root "$work/gm"
   mkdir -p "$work/src"
@@ -130,6 +133,6 @@ if ! has_image local/gomem; then
   (cd "$work/src" && HOME="$work" GOCACHE="$work/gocache" GOPATH="$work/gopath" GOFLAGS=-mod=mod \
     CGO_ENABLED=0 go build -trimpath -o "$work/gm/bin/gomem" main.go)
   tar -C "$work/gm" -c . | dk import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' \
-    -c 'CMD ["/bin/gomem"]' - local/gomem:latest >/dev/null
+    -c 'CMD ["/bin/gomem"]' -c "LABEL kiln.source=$gomem_source" - local/gomem:latest >/dev/null
 fi
 echo "docker-setup: images local/busybox and local/gomem present"
