@@ -50,6 +50,16 @@ std::vector<config::runner_entry> select_runners(const config::settings& s,
     return out;
 }
 
+// Rewrites the config without the runners holding these tokens.
+void remove_runners_by_token(const std::filesystem::path& path,
+                             const std::vector<std::string>& tokens) {
+    auto doc = config::config_document::open(path);
+    doc.remove_runners([&](const config::runner_entry& r) {
+        return std::find(tokens.begin(), tokens.end(), r.token) != tokens.end();
+    });
+    doc.save(path);
+}
+
 }  // namespace
 
 int run_list(const global_options& g) {
@@ -116,11 +126,7 @@ int run_verify(const global_options& g, const runner_selector& sel, bool delete_
             }
         });
         if (!removed.empty()) {
-            auto doc = config::config_document::open(path);
-            doc.remove_runners([&](const config::runner_entry& r) {
-                return std::find(removed.begin(), removed.end(), r.token) != removed.end();
-            });
-            doc.save(path);
+            remove_runners_by_token(path, removed);
             log::info("Removed " + std::to_string(removed.size()) +
                       " runner(s) GitLab no longer knows from the config",
                       {{"config", path.string()}});
@@ -130,10 +136,7 @@ int run_verify(const global_options& g, const runner_selector& sel, bool delete_
                         " (run `kiln verify --delete` to drop the ones GitLab removed)");
         }
         return failures > 0 ? 1 : 0;
-    } catch (const command_error& e) {
-        print_error(e.what());
-        return 1;
-    } catch (const std::exception& e) {
+    } catch (const std::exception& e) {  // command_error included
         print_error(e.what());
         return 1;
     }
@@ -188,21 +191,14 @@ int run_unregister(const global_options& g, const runner_selector& sel) {
             }
         });
         if (!removed.empty()) {
-            auto doc = config::config_document::open(path);
-            doc.remove_runners([&](const config::runner_entry& r) {
-                return std::find(removed.begin(), removed.end(), r.token) != removed.end();
-            });
-            doc.save(path);
+            remove_runners_by_token(path, removed);
             log::info("Updated config", {{"config", path.string()}});
         }
         for (const auto& f : failed) {
             print_error("cannot unregister " + f);
         }
         return failed.empty() ? 0 : 1;
-    } catch (const command_error& e) {
-        print_error(e.what());
-        return 1;
-    } catch (const std::exception& e) {
+    } catch (const std::exception& e) {  // command_error included
         print_error(e.what());
         return 1;
     }
@@ -278,10 +274,7 @@ int run_reset_token(const global_options& g, const reset_token_options& o) {
             print_error("cannot reset the token of " + f);
         }
         return failed.empty() ? 0 : 1;
-    } catch (const command_error& e) {
-        print_error(e.what());
-        return 1;
-    } catch (const std::exception& e) {
+    } catch (const std::exception& e) {  // command_error included
         print_error(e.what());
         return 1;
     }
