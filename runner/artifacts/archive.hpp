@@ -1,0 +1,96 @@
+#pragma once
+// Archive formats for artifacts and the cache: writing zip (deflate compressed in parallel),
+// gzip and tar.zst, and reading/extracting zip and tar archives safely.
+// Everything here is blocking file I/O: call it through util::run_blocking, never on the I/O
+// thread.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln::artifacts {
+
+/// ARTIFACT_COMPRESSION_LEVEL / CACHE_COMPRESSION_LEVEL, as gitlab-runner names them.
+enum class compression_level { fastest, fast, normal, slow, slowest };
+
+/// "fastest", "fast", "default", "slow", "slowest" → the level; empty or unknown → normal.
+compression_level parse_compression_level(std::string_view text);
+
+/// One thing to archive. `name` is its path inside the archive: relative, '/'-separated, no
+/// "." or ".." elements; a directory's name ends with '/'. `source` is the file, directory or
+/// symbolic link on disk (a symlink is stored as a link, never followed).
+struct archive_entry {
+    std::string name;
+    std::filesystem::path source;
+};
+
+struct archive_stats {
+    std::uint64_t entries = 0;
+    std::uint64_t uncompressed_bytes = 0;  // sum of the regular files' sizes
+    std::uint64_t archive_bytes = 0;       // size of the written archive
+};
+
+struct zip_options {
+    compression_level level = compression_level::normal;
+    unsigned threads = 0;  // compression workers; 0 = one per core
+};
+
+/// Writes `entries` (in order) as a zip file at `out`: deflate (stored when that is smaller),
+/// CRC-32, Unix modes and mtimes, symlinks as links, zip64 when sizes or counts need it, so
+/// `unzip -t` and Python's zipfile accept it. Throws std::system_error naming the file on I/O
+/// errors.
+archive_stats write_zip(const std::vector<archive_entry>& entries,
+                        const std::filesystem::path& out, const zip_options& options);
+
+/// gzip of one file (artifact reports with artifact_format gzip).
+archive_stats write_gzip(const std::filesystem::path& source, const std::filesystem::path& out,
+                         compression_level level);
+
+/// tar compressed with zstd (cache archives when CACHE_COMPRESSION_FORMAT=tarzstd).
+archive_stats write_tar_zstd(const std::vector<archive_entry>& entries,
+                             const std::filesystem::path& out, compression_level level);
+
+enum class entry_type { file, directory, symlink, other };
+
+struct entry_info {
+    std::string name;  // as stored in the archive, unvalidated
+    entry_type type = entry_type::other;
+    std::uint64_t size = 0;  // declared size of a file
+    std::uint32_t mode = 0;  // permission bits
+    std::string link_target;  // for symlinks
+};
+
+/// Reads a zip or tar (plain, gzip or zstd) archive, format detected from its content, and
+/// calls `visit` for each entry in archive order. For a file, `read` returns its next bytes
+/// into the buffer (0 at the end). Throws std::runtime_error with a readable message for a
+/// corrupt or unsupported archive.
+void read_archive(const std::filesystem::path& archive,
+                  const std::function<void(const entry_info& entry,
+                                           const std::function<std::size_t(std::span<char>)>& read)>&
+                      visit);
+
+struct extract_limits {
+    std::uint64_t max_total_bytes = 16ULL << 30;  // bytes written in all (zip-bomb guard)
+    std::uint64_t max_entries = 1'000'000;
+};
+
+struct extract_result {
+    bool ok = false;
+    std::string error;  // one line naming the entry and what to do, when !ok
+    std::uint64_t files = 0;
+    std::uint64_t bytes = 0;
+};
+
+/// Extracts into the existing directory `destination`, refusing (with `error`) any entry whose
+/// name is absolute or has "..", any path that would pass through a symlink, and any symlink
+/// whose target leads outside `destination`; stops when a limit is exceeded. Nothing is ever
+/// written outside `destination`.
+extract_result extract_archive(const std::filesystem::path& archive,
+                               const std::filesystem::path& destination,
+                               const extract_limits& limits);
+
+}  // namespace kiln::artifacts
