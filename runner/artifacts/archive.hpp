@@ -4,6 +4,7 @@
 // Everything here is blocking file I/O: call it through util::run_blocking, never on the I/O
 // thread.
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -34,9 +35,27 @@ struct archive_stats {
     std::uint64_t archive_bytes = 0;       // size of the written archive
 };
 
+/// SHA-256 of one regular file as it was archived (for signed manifests).
+struct file_digest {
+    std::string name;
+    std::uint64_t size = 0;
+    std::array<unsigned char, 32> sha256{};
+};
+
+/// An extra regular file, made in memory, added at the end of an archive.
+struct generated_file {
+    std::string name;
+    std::string content;
+};
+
 struct zip_options {
     compression_level level = compression_level::normal;
     unsigned threads = 0;  // compression workers; 0 = one per core
+    /// When set, the SHA-256 of every regular file is computed from the very bytes compressed
+    /// (no second read, no window for the file to change), and once all entries are written
+    /// this is called with them in archive order; the files it returns are appended before the
+    /// central directory. kiln's signed manifest is made this way (signing.hpp).
+    std::function<std::vector<generated_file>(const std::vector<file_digest>&)> trailer;
 };
 
 /// Writes `entries` (in order) as a zip file at `out`: deflate (stored when that is smaller),
