@@ -1,6 +1,7 @@
 #include "runner/daemon.hpp"
 
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -11,10 +12,13 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
+#include <list>
 #include <map>
 #include <random>
 #include <set>
 
+#include "config/loader.hpp"
 #include "executors/docker/docker_executor.hpp"
 #include "runner/gitlab/retry_policy.hpp"
 #include "runner/gitlab/runner_info.hpp"
@@ -89,90 +93,93 @@ void remove_docker_leftovers(const config::runner_entry& r) {
     io.run();
 }
 
+// What identifies one conversation with GitLab: a reload that changes any of these replaces the
+// runner (new client); any other change is applied to the running entry in place.
+std::string runner_key(const config::runner_entry& r) {
+    return r.token + '\n' + r.url + '\n' + r.tls_ca_file + '\n' + r.tls_cert_file + '\n' +
+           r.tls_key_file;
+}
+
 struct runner_slot {
+    explicit runner_slot(asio::io_context& io) : stop(io) {
+        stop.expires_at(asio::steady_timer::time_point::max());
+    }
     config::runner_entry entry;
+    std::string key;
     std::unique_ptr<gitlab::client> api;
     std::string last_update;
     std::int64_t running = 0;
-    std::int64_t requesting = 0;  // job requests in flight
+    std::int64_t waiting = 0;  // received while no slot was free; start when one frees
+    int pollers = 0;
+    bool removed = false;      // gone from the config: no new requests, running jobs go on
+    asio::steady_timer stop;   // cancelled to abandon this runner's requests in flight
     std::set<int> concurrent_ids;
     std::string short_token;
 };
 
+// A job that arrived while every slot it may use was taken (several long polls answered at
+// once). It is already assigned to kiln in GitLab, so it waits here, touched like a quiet
+// running job, and starts in arrival order when a slot frees.
+struct waiting_job {
+    std::shared_ptr<runner_slot> runner;
+    gitlab::job_spec job;
+    std::unique_ptr<asio::steady_timer> wake;
+    bool dispatched = false;
+};
+
+// (mtime, inode, size) of the config file: a change means "reload".
+struct file_signature {
+    std::int64_t mtime_ns = -1;
+    std::uint64_t inode = 0;
+    std::int64_t size = -1;
+    friend bool operator==(const file_signature&, const file_signature&) = default;
+};
+
+file_signature signature_of(const std::filesystem::path& p) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) {
+        return {};
+    }
+    return {static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec,
+            static_cast<std::uint64_t>(st.st_ino), static_cast<std::int64_t>(st.st_size)};
+}
+
 class daemon {
 public:
     explicit daemon(daemon_options o)
-        : options_(std::move(o)), changed_(io_), stop_signal_(io_), shutdown_timer_(io_),
-          trim_timer_(io_), signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
+        : options_(std::move(o)), changed_(io_), shutdown_timer_(io_), trim_timer_(io_),
+          watch_timer_(io_), signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
         changed_.expires_at(asio::steady_timer::time_point::max());
-        stop_signal_.expires_at(asio::steady_timer::time_point::max());
+        signals_.add(SIGHUP);
     }
 
     int run() {
-        const auto& s = options_.settings;
         system_id_ = load_system_id(options_.config_path);
         try {
             persist_system_id(options_.config_path, system_id_);
         } catch (const std::exception& e) {
             log::warn(std::string("cannot save the system ID: ") + e.what());
         }
-        for (const auto& r : s.runners) {
-            if (r.executor != "shell" && r.executor != "docker") {
-                log::warn("skipping runner: kiln runs only the shell and docker executors",
-                          {{"runner", gitlab::short_token(r.token)}, {"executor", r.executor}});
-                continue;
+        config_signature_ = signature_of(options_.config_path);
+        for (const auto& r : options_.settings.runners) {
+            if (auto slot = make_slot(r, true)) {
+                runners_.push_back(std::move(slot));
             }
-            auto slot = std::make_unique<runner_slot>();
-            slot->entry = r;
-            slot->short_token = gitlab::short_token(r.token);
-            gitlab::client_config cfg;
-            cfg.url = r.url;
-            cfg.tls = {r.tls_ca_file, r.tls_cert_file, r.tls_key_file};
-            cfg.connection_max_age = s.connection_max_age;
-            try {
-                slot->api = std::make_unique<gitlab::client>(io_.get_executor(), cfg);
-            } catch (const std::exception& e) {
-                log::error(std::string("skipping runner: ") + e.what(),
-                           {{"runner", slot->short_token}});
-                continue;
-            }
-            gitlab::runner_info info;
-            info.executor = r.executor;
-            info.shell = r.shell.empty() ? "bash" : r.shell;
-            info.features = r.executor == "docker" ? docker_features() : shell_features();
-            if (r.executor == "docker") {
-                remove_docker_leftovers(r);
-            }
-            slot->api->set_info(info);
-            runners_.push_back(std::move(slot));
         }
         if (runners_.empty()) {
             log::error("no runner to run: register one with `kiln register`",
                        {{"config", options_.config_path.string()}});
             return 1;
         }
-        log::info("Starting kiln", {{"runners", static_cast<long>(runners_.size())},
-                                     {"concurrent", static_cast<long long>(s.concurrent)},
-                                     {"config", options_.config_path.string()}});
+        log::info("Starting kiln",
+                  {{"runners", static_cast<long>(runners_.size())},
+                   {"concurrent", static_cast<long long>(options_.settings.concurrent)},
+                   {"config", options_.config_path.string()}});
         asio::co_spawn(io_, handle_signals(), asio::detached);
         for (auto& r : runners_) {
-          // request_concurrency: how many job requests of this runner may be in flight at once.
-          for (std::int64_t i = 0; i < std::max<std::int64_t>(1, r->entry.request_concurrency); ++i) {
-            ++pollers_;
-            asio::co_spawn(io_, poll(*r), [this, &r](std::exception_ptr e) {
-                if (e) {
-                    try {
-                        std::rethrow_exception(e);
-                    } catch (const std::exception& ex) {
-                        log::error(std::string("polling stopped: ") + ex.what(),
-                                   {{"runner", r->short_token}});
-                    }
-                }
-                --pollers_;
-                notify();
-            });
-          }
+            spawn_pollers(r);
         }
+        asio::co_spawn(io_, watch_config(), asio::detached);
         asio::co_spawn(io_, wait_until_done(), asio::detached);
         schedule_trim();
         io_.run();
@@ -182,6 +189,75 @@ public:
 
 private:
     void notify() { changed_.cancel(); }
+
+    std::shared_ptr<runner_slot> make_slot(const config::runner_entry& r, bool at_start) {
+        const auto short_token = gitlab::short_token(r.token);
+        if (r.executor != "shell" && r.executor != "docker") {
+            log::warn("skipping runner: kiln runs only the shell and docker executors",
+                      {{"runner", short_token}, {"executor", r.executor}});
+            return nullptr;
+        }
+        auto slot = std::make_shared<runner_slot>(io_);
+        slot->entry = r;
+        slot->key = runner_key(r);
+        slot->short_token = short_token;
+        gitlab::client_config cfg;
+        cfg.url = r.url;
+        cfg.tls = {r.tls_ca_file, r.tls_cert_file, r.tls_key_file};
+        cfg.connection_max_age = options_.settings.connection_max_age;
+        try {
+            slot->api = std::make_unique<gitlab::client>(io_.get_executor(), cfg);
+        } catch (const std::exception& e) {
+            log::error(std::string("skipping runner: ") + e.what(), {{"runner", short_token}});
+            return nullptr;
+        }
+        // Leftovers are only an earlier process's when no job of this one can own them.
+        if (r.executor == "docker" && (at_start || !has_runner_with_token(r.token))) {
+            remove_docker_leftovers(r);
+        }
+        slot->api->set_info(info_for(r));
+        return slot;
+    }
+
+    static gitlab::runner_info info_for(const config::runner_entry& r) {
+        gitlab::runner_info info;
+        info.executor = r.executor;
+        info.shell = r.shell.empty() ? "bash" : r.shell;
+        info.features = r.executor == "docker" ? docker_features() : shell_features();
+        return info;
+    }
+
+    bool has_runner_with_token(const std::string& token) const {
+        for (const auto& s : runners_) {
+            if (s->entry.token == token) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    // request_concurrency polling coroutines per runner; a reload that raises it adds more,
+    // one that lowers it lets the surplus ones end after their current request.
+    void spawn_pollers(const std::shared_ptr<runner_slot>& r) {
+        const int wanted = static_cast<int>(std::max<std::int64_t>(1, r->entry.request_concurrency));
+        while (!stopping_ && !r->removed && r->pollers < wanted) {
+            const int index = r->pollers++;
+            ++pollers_;
+            asio::co_spawn(io_, poll(r, index), [this, r](std::exception_ptr e) {
+                if (e) {
+                    try {
+                        std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                        log::error(std::string("polling stopped: ") + ex.what(),
+                                   {{"runner", r->short_token}});
+                    }
+                }
+                --r->pollers;
+                --pollers_;
+                notify();
+            });
+        }
+    }
 
     // Once start-up (or the last job) is over, the daemon only waits on long polls; give back
     // what start-up touched. Re-armed whenever kiln becomes idle again.
@@ -206,18 +282,25 @@ private:
         }
         log::info(why);
         stopping_ = true;
-        stop_signal_.cancel();
+        for (auto& r : runners_) {
+            r->stop.cancel();
+        }
         notify();
     }
 
     asio::awaitable<void> wait_until_done() {
-        while (!(stopping_ && pollers_ == 0 && running_total_ == 0)) {
+        while (!(stopping_ && pollers_ == 0 && running_total_ == 0 && waiting_total_ == 0 &&
+                 stray_updates_ == 0)) {
             co_await wait_changed();
         }
         signals_.cancel();
         shutdown_timer_.cancel();
         trim_timer_.cancel();
+        watch_timer_.cancel();
         for (auto& r : runners_) {
+            r->api->close_idle();
+        }
+        for (auto& r : retired_) {
             r->api->close_idle();
         }
     }
@@ -227,6 +310,12 @@ private:
             auto [ec, sig] = co_await signals_.async_wait(use_tuple);
             if (ec) {
                 co_return;
+            }
+            if (sig == SIGHUP) {
+                if (!stopping_) {
+                    reload("SIGHUP");
+                }
+                continue;
             }
             if (sig == SIGQUIT) {
                 begin_stop("SIGQUIT: not asking for new jobs; waiting for running jobs to finish");
@@ -238,6 +327,7 @@ private:
                 for (auto& [id, control] : jobs_) {
                     control->cancel(true);
                 }
+                fail_waiting_jobs();
                 shutdown_timer_.expires_after(options_.settings.shutdown_timeout);
                 shutdown_timer_.async_wait([this](boost::system::error_code e) {
                     if (!e) {
@@ -258,35 +348,151 @@ private:
         }
     }
 
-    // A request in flight may bring a job, so it holds a slot as gitlab-runner's workers do:
-    // kiln never receives more jobs than `concurrent` and `limit` allow.
-    bool has_capacity(const runner_slot& r) const {
-        if (running_total_ + requesting_total_ >= options_.settings.concurrent) {
-            return false;
+    // ---- configuration reload ----------------------------------------------------------------
+
+    // gitlab-runner checks the file every 3 s; so does kiln (a stat, nothing else). A file
+    // that fails to load is not retried until it changes again.
+    asio::awaitable<void> watch_config() {
+        while (!stopping_) {
+            watch_timer_.expires_after(3s);
+            auto [ec] = co_await watch_timer_.async_wait(use_tuple);
+            if (ec || stopping_) {
+                co_return;
+            }
+            const auto sig = signature_of(options_.config_path);
+            if (sig.mtime_ns >= 0 && !(sig == config_signature_)) {
+                reload("the config file changed");
+            }
         }
-        return r.entry.limit <= 0 || r.running + r.requesting < r.entry.limit;
     }
 
-    asio::awaitable<void> poll(runner_slot& r) {
+    void reload(const char* why) {
+        const auto sig = signature_of(options_.config_path);
+        config_signature_ = sig;
+        auto loaded = config::load_config_file(options_.config_path);
+        if (!loaded.ok()) {
+            std::string errors;
+            for (const auto& d : loaded.errors()) {
+                errors += (errors.empty() ? "" : "; ") + d.to_string();
+            }
+            log::error("config not reloaded, keeping the running one: " +
+                           (errors.empty() ? std::string("cannot load the file") : errors),
+                       {{"config", options_.config_path.string()}, {"trigger", why}});
+            return;
+        }
+        for (const auto& d : loaded.warnings()) {
+            log::warn(d.to_string());
+        }
+        apply(std::move(*loaded.value), why);
+    }
+
+    void apply(config::settings next, const char* why) {
+        long added = 0;
+        long removed = 0;
+        long changed = 0;
+        std::vector<std::shared_ptr<runner_slot>> kept;
+        std::set<std::string> next_keys;
+        for (const auto& e : next.runners) {
+            next_keys.insert(runner_key(e));
+        }
+        for (auto& r : runners_) {
+            if (next_keys.count(r->key) == 0) {
+                // Its requests in flight are abandoned; its running jobs keep the slot alive.
+                r->removed = true;
+                r->stop.cancel();
+                retired_.push_back(r);
+                ++removed;
+            } else {
+                kept.push_back(r);
+            }
+        }
+        runners_ = std::move(kept);
+        for (const auto& e : next.runners) {
+            const auto key = runner_key(e);
+            auto it = std::find_if(runners_.begin(), runners_.end(),
+                                   [&](const auto& r) { return r->key == key; });
+            if (it != runners_.end()) {
+                auto& r = *it;
+                if (!(r->entry == e)) {
+                    ++changed;
+                    if (r->entry.executor != e.executor || r->entry.shell != e.shell) {
+                        r->api->set_info(info_for(e));
+                    }
+                    r->entry = e;  // running jobs keep the copy they started with
+                    spawn_pollers(r);
+                }
+                continue;
+            }
+            if (auto slot = make_slot(e, false)) {
+                runners_.push_back(slot);
+                spawn_pollers(slot);
+                ++added;
+            }
+        }
+        if (next.concurrent != options_.settings.concurrent) {
+            ++changed;
+        }
+        options_.settings = std::move(next);
+        std::erase_if(retired_, [](const auto& r) { return r->running == 0 && r->waiting == 0 && r->pollers == 0; });
+        log::info("config reloaded",
+                  {{"trigger", why},
+                   {"runners", static_cast<long>(runners_.size())},
+                   {"added", added},
+                   {"removed", removed},
+                   {"changed", changed},
+                   {"concurrent", static_cast<long long>(options_.settings.concurrent)}});
+        dispatch_waiting();
+        notify();
+    }
+
+    // ---- slots -------------------------------------------------------------------------------
+
+    // A job request in flight does not hold a slot: every runner keeps its long poll open while
+    // the others hold theirs (no starvation). A runner asks only while a slot is free for it,
+    // counting jobs that are waiting, so more jobs than slots arrive only when several polls
+    // answer with a job at the same moment; those wait for a slot (see waiting_job).
+    bool may_request(const runner_slot& r) const {
+        if (running_total_ + waiting_total_ >= options_.settings.concurrent) {
+            return false;
+        }
+        return r.entry.limit <= 0 || r.running + r.waiting < r.entry.limit;
+    }
+
+    bool slot_free(const runner_slot& r) const {
+        if (running_total_ >= options_.settings.concurrent) {
+            return false;
+        }
+        return r.entry.limit <= 0 || r.running < r.entry.limit;
+    }
+
+    asio::awaitable<void> poll(std::shared_ptr<runner_slot> rp, int index) {
         using namespace asio::experimental::awaitable_operators;
+        auto& r = *rp;
         std::mt19937_64 rng{std::random_device{}()};
         int errors = 0;
         int quick_204s = 0;
-        while (!stopping_) {
-            if (!has_capacity(r)) {
+        auto active = [&] {
+            return !stopping_ && !r.removed &&
+                   index < std::max<std::int64_t>(1, r.entry.request_concurrency);
+        };
+        while (active()) {
+            if (!may_request(r)) {
                 co_await wait_changed();
                 continue;
             }
             const auto started = std::chrono::steady_clock::now();
             const std::string sent_last_update = r.last_update;
-            ++r.requesting;
-            ++requesting_total_;
-            auto raced = co_await (r.api->request_job(r.entry.token, system_id_.id, sent_last_update) ||
-                                   stop_signal_.async_wait(use_tuple));
-            --r.requesting;
-            --requesting_total_;
-            notify();
-            if (raced.index() == 1 || stopping_) {
+            const std::string token = r.entry.token;
+            auto raced = co_await (r.api->request_job(token, system_id_.id, sent_last_update) ||
+                                   r.stop.async_wait(use_tuple));
+            if (raced.index() == 1 || stopping_ || r.removed) {
+                // Abandoned (stop or reload). A job in an answer that came anyway still runs.
+                if (raced.index() == 0) {
+                    auto res = std::get<0>(std::move(raced));
+                    if (res.reached() && res.value.status == gitlab::request_job_status::job_received) {
+                        received_job(rp, std::move(*res.value.job));
+                    }
+                }
                 break;
             }
             auto res = std::get<0>(std::move(raced));
@@ -305,7 +511,7 @@ private:
                 switch (v.status) {
                     case gitlab::request_job_status::job_received:
                         errors = 0;
-                        start_job(r, std::move(*v.job));
+                        received_job(rp, std::move(*v.job));
                         // Let the job's first PUT take the kept-alive connection this answer
                         // came on; the next (long-held) request can afford a new one.
                         co_await asio::post(io_.get_executor(), asio::use_awaitable);
@@ -326,24 +532,24 @@ private:
                         }
                         continue;
                     case gitlab::request_job_status::forbidden:
-                        wait = gitlab::full_jitter_backoff(errors++, 5s, 5min,
-                                                           std::uniform_real_distribution<>(0, 1)(rng));
+                        wait = gitlab::full_jitter_backoff(
+                            errors++, 5s, 5min, std::uniform_real_distribution<>(0, 1)(rng));
                         log::error("GitLab rejected the runner token (403): check the runner in "
                                    "GitLab or run `kiln verify`",
                                    {{"runner", r.short_token}});
                         break;
                     case gitlab::request_job_status::failed:
-                        wait = gitlab::full_jitter_backoff(errors++, 1s, 60s,
-                                                           std::uniform_real_distribution<>(0, 1)(rng));
-                        log::warn("checking for jobs failed: HTTP " + std::to_string(v.http_status) +
-                                      " " + v.message,
+                        wait = gitlab::full_jitter_backoff(
+                            errors++, 1s, 60s, std::uniform_real_distribution<>(0, 1)(rng));
+                        log::warn("checking for jobs failed: HTTP " +
+                                      std::to_string(v.http_status) + " " + v.message,
                                   {{"runner", r.short_token}});
                         break;
                 }
             }
-            if (wait.count() > 0) {
+            if (wait.count() > 0 && active()) {
                 asio::steady_timer t(io_, wait);
-                co_await (t.async_wait(use_tuple) || stop_signal_.async_wait(use_tuple));
+                co_await (t.async_wait(use_tuple) || r.stop.async_wait(use_tuple));
             }
         }
     }
@@ -388,7 +594,107 @@ private:
         co_await r.api->update_job(p.job_id, u);
     }
 
-    void start_job(runner_slot& r, gitlab::job_spec job) {
+    void received_job(const std::shared_ptr<runner_slot>& r, gitlab::job_spec job) {
+        log::info("Checking for jobs... received",
+                  {{"job", job.id},
+                   {"runner", r->short_token},
+                   {"repo_url", job.git.repo_url.substr(job.git.repo_url.find('@') + 1)}});
+        if (slot_free(*r)) {
+            start_job(r, std::move(job));
+        } else {
+            hold_job(r, std::move(job));
+        }
+        if (options_.max_jobs > 0 &&
+            finished_jobs_ + running_total_ + waiting_total_ >= options_.max_jobs) {
+            // Take no more jobs than asked for.
+            begin_stop("received the requested number of jobs; not asking for more");
+        }
+    }
+
+    void hold_job(const std::shared_ptr<runner_slot>& r, gitlab::job_spec job) {
+        auto w = std::make_shared<waiting_job>();
+        w->runner = r;
+        w->job = std::move(job);
+        w->wake = std::make_unique<asio::steady_timer>(io_);
+        ++r->waiting;
+        ++waiting_total_;
+        waiting_.push_back(w);
+        log::warn("no free slot for a job that arrived with another: it waits for one",
+                  {{"job", w->job.id},
+                   {"runner", r->short_token},
+                   {"waiting", static_cast<long long>(waiting_total_)}});
+        asio::co_spawn(io_, keep_waiting_job_alive(w), asio::detached);
+    }
+
+    // GitLab sees a waiting job as running (it was assigned when it was sent); a touch every
+    // 30 s, as for a quiet running job, keeps it from looking stuck and learns of a cancel.
+    asio::awaitable<void> keep_waiting_job_alive(std::shared_ptr<waiting_job> w) {
+        gitlab::job_update touch;
+        touch.token = w->job.token;
+        touch.state = gitlab::job_state::running;
+        for (bool first = true; !w->dispatched; first = false) {
+            if (!first) {
+                w->wake->expires_after(30s);
+                co_await w->wake->async_wait(use_tuple);
+                if (w->dispatched) {
+                    co_return;
+                }
+            }
+            auto res = co_await w->runner->api->update_job(w->job.id, touch);
+            if (!w->dispatched && res.reached() && res.value.status == gitlab::update_status::abort) {
+                log::warn("GitLab withdrew a waiting job", {{"job", w->job.id}});
+                remove_waiting(w);
+                notify();
+                co_return;
+            }
+        }
+    }
+
+    void remove_waiting(const std::shared_ptr<waiting_job>& w) {
+        w->dispatched = true;
+        w->wake->cancel();
+        --w->runner->waiting;
+        --waiting_total_;
+        std::erase(waiting_, w);
+    }
+
+    // Oldest first; a job whose runner is at its limit does not block the others.
+    void dispatch_waiting() {
+        for (auto it = waiting_.begin(); it != waiting_.end();) {
+            auto w = *it;
+            ++it;
+            if (slot_free(*w->runner)) {
+                remove_waiting(w);
+                start_job(w->runner, std::move(w->job));
+            }
+        }
+    }
+
+    // SIGTERM before a waiting job started: it gets a final state rather than hanging.
+    void fail_waiting_jobs() {
+        auto all = waiting_;
+        for (auto& w : all) {
+            remove_waiting(w);
+            ++stray_updates_;
+            asio::co_spawn(io_, fail_waiting_job(w), [this](std::exception_ptr) {
+                --stray_updates_;
+                notify();
+            });
+        }
+    }
+
+    asio::awaitable<void> fail_waiting_job(std::shared_ptr<waiting_job> w) {
+        gitlab::job_update u;
+        u.token = w->job.token;
+        u.state = gitlab::job_state::failed;
+        u.failure_reason =
+            gitlab::resolve_failure_reason("runner_system_failure", w->job.features.failure_reasons);
+        co_await w->runner->api->update_job(w->job.id, u);
+        log::info("Job failed: kiln stopped before it could start", {{"job", w->job.id}});
+    }
+
+    void start_job(const std::shared_ptr<runner_slot>& rp, gitlab::job_spec job) {
+        auto& r = *rp;
         int cid = 0;
         while (r.concurrent_ids.count(cid) != 0) {
             ++cid;
@@ -397,13 +703,12 @@ private:
         ++r.running;
         ++running_total_;
         const auto id = job.id;
-        log::info("Checking for jobs... received",
-                  {{"job", id}, {"runner", r.short_token}, {"repo_url", job.git.repo_url.substr(job.git.repo_url.find('@') + 1)}});
         auto control = std::make_shared<job_control>();
         jobs_[id] = control;
         job_context ctx{r.entry, *r.api, system_id_.id, cid};
         asio::co_spawn(io_, run_job(ctx, std::move(job), control),
-                       [this, &r, id, cid](std::exception_ptr e, job_outcome) {
+                       [this, rp, id, cid](std::exception_ptr e, job_outcome) {
+                           auto& r = *rp;
                            if (e) {
                                try {
                                    std::rethrow_exception(e);
@@ -420,32 +725,37 @@ private:
                            if (options_.max_jobs > 0 && finished_jobs_ >= options_.max_jobs) {
                                begin_stop("finished the requested number of jobs");
                            }
+                           dispatch_waiting();
                            if (running_total_ == 0) {
                                schedule_trim();
                            }
+                           std::erase_if(retired_, [](const auto& s) {
+                               return s->running == 0 && s->waiting == 0 && s->pollers == 0;
+                           });
                            notify();
                        });
-        if (options_.max_jobs > 0 && finished_jobs_ + running_total_ >= options_.max_jobs) {
-            // Take no more jobs than asked for.
-            stopping_ = true;
-            stop_signal_.cancel();
-            notify();
+        if (terminating_) {
+            control->cancel(true);
         }
     }
 
     daemon_options options_;
     asio::io_context io_;
     asio::steady_timer changed_;
-    asio::steady_timer stop_signal_;
     asio::steady_timer shutdown_timer_;
     asio::steady_timer trim_timer_;
+    asio::steady_timer watch_timer_;
     asio::signal_set signals_;
     system_id_state system_id_;
-    std::vector<std::unique_ptr<runner_slot>> runners_;
+    file_signature config_signature_;
+    std::vector<std::shared_ptr<runner_slot>> runners_;
+    std::vector<std::shared_ptr<runner_slot>> retired_;  // removed by a reload, jobs still running
+    std::list<std::shared_ptr<waiting_job>> waiting_;
     std::map<std::int64_t, std::shared_ptr<job_control>> jobs_;
     std::int64_t running_total_ = 0;
-    std::int64_t requesting_total_ = 0;
+    std::int64_t waiting_total_ = 0;
     std::int64_t finished_jobs_ = 0;
+    int stray_updates_ = 0;
     int pollers_ = 0;
     bool stopping_ = false;
     bool terminating_ = false;
