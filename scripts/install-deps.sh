@@ -9,8 +9,12 @@ packages=(
   # libraries (see docs/architecture.md, "Dependencies")
   libboost1.81-dev libboost-url1.81-dev libssl-dev libdeflate-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev catch2
+  # archives (issue 5): isa-l deflate, libarchive for reading zip/tar and writing tar.zst, zstd
+  libisal-dev libarchive-dev libzstd-dev
   # tests: the GitLab emulator (Python stdlib), git http-backend, test CA generation
   python3 git openssl ca-certificates procps
+  # archive tests and benchmark: independent zip/unzip, pigz and zstd to compare and verify with
+  zip unzip pigz zstd
 )
 
 missing=()

@@ -65,9 +65,11 @@ struct zip_options {
 archive_stats write_zip(const std::vector<archive_entry>& entries,
                         const std::filesystem::path& out, const zip_options& options);
 
-/// gzip of one file (artifact reports with artifact_format gzip).
+/// gzip of one file (artifact reports with artifact_format gzip), one gzip member as
+/// gitlab-runner writes it: header name = the file's base name, header comment =
+/// `relative_name` (its path in the project, "e:"+URL-escaped when not plain ASCII).
 archive_stats write_gzip(const std::filesystem::path& source, const std::filesystem::path& out,
-                         compression_level level);
+                         compression_level level, std::string_view relative_name = {});
 
 /// tar compressed with zstd (cache archives when CACHE_COMPRESSION_FORMAT=tarzstd).
 archive_stats write_tar_zstd(const std::vector<archive_entry>& entries,
@@ -80,7 +82,8 @@ struct entry_info {
     entry_type type = entry_type::other;
     std::uint64_t size = 0;  // declared size of a file
     std::uint32_t mode = 0;  // permission bits
-    std::string link_target;  // for symlinks
+    std::string link_target;  // for symlinks (for a tar hard link, type other: its target)
+    std::int64_t mtime = 0;   // modification time, Unix seconds (0 when the archive has none)
 };
 
 /// Reads a zip or tar (plain, gzip or zstd) archive, format detected from its content, and
