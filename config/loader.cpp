@@ -961,6 +961,43 @@ const field<custom_build_dir_settings> custom_build_dir_fields[] = {
 };
 
 // ---------------------------------------------------------------------------------------------
+// [runners.signing] (kiln's own section)
+
+/// A key file path: absolute, so that it does not depend on the directory kiln starts in.
+std::optional<std::string> read_key_path(checker& c, const toml::node& n, const std::string& key) {
+    auto s = n.as_string();
+    if (s != nullptr && !s->get().empty() && s->get().front() == '/') {
+        return s->get();
+    }
+    c.error(n.source(), key, expected("the absolute path of a PEM key file", n));
+    return std::nullopt;
+}
+
+const field<signing_settings> signing_fields[] = {
+    {"key_file",
+     [](checker& c, const toml::node& n, const std::string& key, signing_settings& s) {
+         if (auto v = read_key_path(c, n, key)) {
+             s.key_file = *v;
+         }
+     }},
+    {"verify_key_files",
+     [](checker& c, const toml::node& n, const std::string& key, signing_settings& s) {
+         auto v = read_strings(c, n, key, true);
+         if (!v) {
+             return;
+         }
+         s.verify_key_files.clear();
+         for (std::size_t i = 0; i < v->size(); ++i) {
+             const toml::node& item = n.is_array() ? *n.as_array()->get(i) : n;
+             if (auto path = read_key_path(c, item, key)) {
+                 s.verify_key_files.push_back(*path);
+             }
+         }
+     }},
+    {"provenance", bool_field<signing_settings, &signing_settings::provenance>},
+};
+
+// ---------------------------------------------------------------------------------------------
 // [[runners]]
 
 constexpr std::string_view kiln_executors[] = {"shell", "docker"};
@@ -1125,6 +1162,22 @@ const field<runner_entry> runner_fields[] = {
              walk<custom_build_dir_settings>(
                  c, *tbl, key, custom_build_dir_fields, {}, r.custom_build_dir
              );
+         }
+     }},
+    {"signing",
+     [](checker& c, const toml::node& n, const std::string& key, runner_entry& r) {
+         if (auto tbl = expect_table(c, n, key)) {
+             signing_settings s;
+             walk<signing_settings>(c, *tbl, key, signing_fields, {}, s);
+             if (!tbl->contains("key_file") && !tbl->contains("verify_key_files")) {
+                 c.warning(
+                     n.source(),
+                     key,
+                     "neither key_file nor verify_key_files is set; artifacts are neither "
+                     "signed nor verified"
+                 );
+             }
+             r.signing = std::move(s);
          }
      }},
 };

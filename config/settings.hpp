@@ -127,6 +127,20 @@ struct custom_build_dir_settings {
     ) = default;
 };
 
+/// [runners.signing]: kiln's signed artifacts (docs/artifacts.md); not a gitlab-runner section.
+struct signing_settings {
+    /// Private key (PEM, Ed25519 or ECDSA P-256): every zip archive the runner uploads carries
+    /// a manifest of its files signed with it. Empty: archives are not signed.
+    std::string key_file;
+    /// Public keys (PEM): dependency archives must carry a manifest signed by one of them, or
+    /// the job fails. Empty: dependency archives are not checked.
+    std::vector<std::string> verify_key_files;
+    /// An in-toto provenance statement in signed archives.
+    bool provenance = true;
+
+    friend bool operator==(const signing_settings&, const signing_settings&) = default;
+};
+
 /// One [[runners]] entry.
 struct runner_entry {
     std::string name;
@@ -161,6 +175,7 @@ struct runner_entry {
     std::optional<docker_settings> docker;
     std::optional<cache_settings> cache;
     custom_build_dir_settings custom_build_dir;
+    std::optional<signing_settings> signing;
 
     friend bool operator==(const runner_entry&, const runner_entry&) = default;
 };
