@@ -139,6 +139,19 @@ int main(int argc, char** argv) {
     c_run->add_option("--max-jobs", run.max_jobs, "Exit after this many jobs (0: until signalled)");
     c_run->callback([&] { rc = run_daemon(g, run); });
 
+    artifacts_verify_options art_verify;
+    auto* c_artifacts = app.add_subcommand("artifacts", "Signed artifact archives (docs/artifacts.md)");
+    c_artifacts->require_subcommand(1);
+    auto* c_art_verify = c_artifacts->add_subcommand(
+        "verify", "Check an artifact archive's signed manifest; exit 1 when it does not verify");
+    c_art_verify->add_option("archive", art_verify.archive, "The archive (zip) to check")
+        ->required();
+    c_art_verify->add_option("--key,-k", art_verify.key_files,
+                             "Public key (PEM) it must be signed with; repeat for several")
+        ->required()
+        ->allow_extra_args(false);
+    c_art_verify->callback([&] { rc = run_artifacts_verify(art_verify); });
+
     // CLI11 would only say "A subcommand is required" for a mistyped command.
     if (argc > 1 && argv[1][0] != '-') {
         bool known = false;

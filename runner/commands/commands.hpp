@@ -71,4 +71,12 @@ struct run_options {
 };
 int run_daemon(const global_options& g, const run_options& o);
 
+struct artifacts_verify_options {
+    std::string archive;
+    std::vector<std::string> key_files;  // --key, repeatable: any one may have signed it
+};
+/// `kiln artifacts verify ARCHIVE --key PUB.pem`: 0 and a summary when the archive's signed
+/// manifest verifies, 1 and one ERROR line otherwise.
+int run_artifacts_verify(const artifacts_verify_options& o);
+
 }  // namespace kiln::commands
