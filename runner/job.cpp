@@ -11,6 +11,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <fstream>
 #include <map>
@@ -53,6 +54,12 @@ std::string go_duration(std::int64_t seconds) {
         return std::to_string(m) + "m" + std::to_string(s) + "s";
     }
     return std::to_string(s) + "s";
+}
+
+std::string milliseconds_text(std::chrono::nanoseconds d) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(d.count()) / 1e6);
+    return buf;
 }
 
 std::string host_name() {
@@ -163,6 +170,7 @@ private:
     stop_reason stop_ = stop_reason::none;
     job_outcome outcome_;
     bool finished_ = false;
+    const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
 
 void job_run::prepare_environment() {
@@ -687,10 +695,15 @@ asio::awaitable<job_outcome> job_run::run() {
     control_->set_handler(nullptr);
     buffer_.close();
     outcome_.final_state_sent = co_await send_final_state();
+    // duration: pickup to final update; engine: the part spent waiting on the Docker engine
+    // (bench/docker_overhead.py reads both to show kiln's own share).
+    const auto engine = docker_ ? docker_->engine_time() : std::chrono::nanoseconds{0};
     log::info(outcome_.state == gitlab::job_state::success ? "Job succeeded" : "Job failed",
               {{"job", job_.id},
                {"runner", gitlab::short_token(ctx_.runner.token)},
-               {"failure_reason", outcome_.failure_reason}});
+               {"failure_reason", outcome_.failure_reason},
+               {"duration_ms", milliseconds_text(std::chrono::steady_clock::now() - started_)},
+               {"engine_ms", docker_ ? milliseconds_text(engine) : std::string()}});
     co_return outcome_;
 }
 

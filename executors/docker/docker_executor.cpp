@@ -439,6 +439,10 @@ docker_executor::~docker_executor() = default;
 
 std::int64_t docker_executor::memory_limit() const { return impl_->memory; }
 
+std::chrono::nanoseconds docker_executor::engine_time() const {
+    return impl_->client ? impl_->client->engine_time() : std::chrono::nanoseconds{0};
+}
+
 asio::awaitable<prepare_result> docker_executor::prepare(job_description job, output_sink sink) {
     auto& s = *impl_;
     const auto& cfg = s.settings;

@@ -6,6 +6,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -77,6 +78,9 @@ public:
 
     /// Memory limit of the build container in bytes (0: none), for the OOM message.
     std::int64_t memory_limit() const;
+
+    /// Time the engine spent on this job's requests (engine_client::engine_time).
+    std::chrono::nanoseconds engine_time() const;
 
 private:
     struct impl;

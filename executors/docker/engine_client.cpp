@@ -14,7 +14,9 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <array>
+#include <chrono>
 #include <cstdlib>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -36,12 +38,43 @@ std::string trim(std::string s) {
     return s;
 }
 
+// Union of the intervals in which the engine has work of ours outstanding.
+struct busy_clock {
+    int outstanding = 0;
+    std::chrono::steady_clock::time_point since;
+    std::chrono::nanoseconds total{0};
+
+    std::chrono::nanoseconds now_total() const {
+        return outstanding > 0 ? total + (std::chrono::steady_clock::now() - since) : total;
+    }
+};
+
+class busy_scope {
+public:
+    explicit busy_scope(std::shared_ptr<busy_clock> clock) : clock_(std::move(clock)) {
+        if (clock_->outstanding++ == 0) {
+            clock_->since = std::chrono::steady_clock::now();
+        }
+    }
+    ~busy_scope() {
+        if (--clock_->outstanding == 0) {
+            clock_->total += std::chrono::steady_clock::now() - clock_->since;
+        }
+    }
+    busy_scope(const busy_scope&) = delete;
+    busy_scope& operator=(const busy_scope&) = delete;
+
+private:
+    std::shared_ptr<busy_clock> clock_;
+};
+
 class hijacked final : public attach_stream {
 public:
-    hijacked(local::socket socket, std::string leftover)
-        : socket_(std::move(socket)), leftover_(std::move(leftover)) {}
+    hijacked(local::socket socket, std::string leftover, std::shared_ptr<busy_clock> clock)
+        : socket_(std::move(socket)), leftover_(std::move(leftover)), clock_(std::move(clock)) {}
 
     asio::awaitable<std::string> write_and_close(std::string data) override {
+        busy_scope busy(clock_);
         auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(data), use_tuple);
         if (ec) {
             co_return "writing the script to the container failed: " + ec.message();
@@ -53,6 +86,7 @@ public:
     }
 
     asio::awaitable<std::string> read_all(std::function<void(std::string_view)> on_bytes) override {
+        busy_scope busy(clock_);
         if (!leftover_.empty()) {
             // Beast's header read may already hold the first frames (docker-engine.md §4.2).
             on_bytes(leftover_);
@@ -81,6 +115,7 @@ public:
 private:
     local::socket socket_;
     std::string leftover_;
+    std::shared_ptr<busy_clock> clock_;
 };
 
 }  // namespace
@@ -179,6 +214,7 @@ struct engine_client::impl {
     asio::any_io_executor ex;
     std::string socket_path;
     std::string version;  // "1.41"; empty until negotiated
+    std::shared_ptr<busy_clock> busy = std::make_shared<busy_clock>();
 
     std::string target(const std::string& path) const {
         return version.empty() ? path : "/v" + version + path;
@@ -293,6 +329,7 @@ asio::awaitable<std::string> engine_client::negotiate() {
     if (!impl_->version.empty()) {
         co_return std::string{};
     }
+    busy_scope busy(impl_->busy);
     std::string daemon_version;
     auto ping = co_await impl_->exchange(
         "GET", "/_ping", {}, std::chrono::seconds(10), {}, &daemon_version
@@ -337,6 +374,7 @@ asio::awaitable<api_result> engine_client::call(
     std::chrono::milliseconds timeout,
     std::vector<std::pair<std::string, std::string>> headers
 ) {
+    busy_scope busy(impl_->busy);
     if (auto err = co_await negotiate(); !err.empty()) {
         co_return api_result{0, err};
     }
@@ -355,6 +393,7 @@ asio::awaitable<api_result> engine_client::call(
 asio::awaitable<api_result> engine_client::pull(
     std::string from_image, std::string registry_auth, std::function<void(std::string_view)> on_line
 ) {
+    busy_scope busy(impl_->busy);
     if (auto err = co_await negotiate(); !err.empty()) {
         co_return api_result{0, err};
     }
@@ -406,6 +445,7 @@ asio::awaitable<api_result> engine_client::pull(
 asio::awaitable<std::unique_ptr<attach_stream>> engine_client::attach(
     std::string id, std::string& error
 ) {
+    busy_scope busy(impl_->busy);
     if (auto err = co_await negotiate(); !err.empty()) {
         error = err;
         co_return nullptr;
@@ -453,7 +493,10 @@ asio::awaitable<std::unique_ptr<attach_stream>> engine_client::attach(
         co_return nullptr;
     }
     stream.expires_never();
-    co_return std::make_unique<hijacked>(stream.release_socket(), std::move(leftover));
+    co_return std::make_unique<hijacked>(stream.release_socket(), std::move(leftover),
+                                        impl_->busy);
 }
+
+std::chrono::nanoseconds engine_client::engine_time() const { return impl_->busy->now_total(); }
 
 }  // namespace kiln::executors::docker

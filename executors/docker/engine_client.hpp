@@ -93,6 +93,11 @@ public:
     const std::string& api_version() const;
     const std::string& socket_path() const;
 
+    /// Wall-clock time during which at least one request or attach stream to the engine was
+    /// open (the union of their intervals, so the attach stream and the concurrent `wait` of a
+    /// stage count once). A job's duration minus this is kiln's own share of it.
+    std::chrono::nanoseconds engine_time() const;
+
 private:
     struct impl;
     std::unique_ptr<impl> impl_;

@@ -104,7 +104,9 @@ void write(level l, std::string_view message, fields f) {
         j["level"] = level_name(l);
         j["msg"] = message;
         for (const auto& kv : f) {
-            j[std::string(kv.key)] = kv.value;
+            if (!kv.value.empty()) {
+                j[std::string(kv.key)] = kv.value;
+            }
         }
         line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     } else {
@@ -127,6 +129,9 @@ void write(level l, std::string_view message, fields f) {
             line += " ";
         }
         for (const auto& kv : f) {
+            if (kv.value.empty()) {
+                continue;  // an absent fact (no failure reason, no engine) is left out
+            }
             line += " ";
             line += kv.key;
             line += "=";

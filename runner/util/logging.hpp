@@ -30,6 +30,7 @@ using fields = std::initializer_list<field>;
 bool setup(std::string_view level_name, std::string_view format);
 
 bool enabled(level l);
+/// Fields with an empty value are left out of the line.
 void write(level l, std::string_view message, fields f = {});
 
 inline void debug(std::string_view m, fields f = {}) { write(level::debug, m, f); }
