@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/settings.hpp"
 #include "runner/gitlab/job_payload.hpp"
 #include "runner/gitlab/tokens.hpp"
 #include "runner/version.hpp"
@@ -304,6 +305,28 @@ key_result load_verify_key(const std::filesystem::path& pem_file) {
                           "cannot read verification key " + pem_file.string() + ": " + error};
     }
     return verify_key_from_pem(*text, pem_file.string());
+}
+
+runner_keys load_runner_keys(const config::signing_settings& settings) {
+    runner_keys out;
+    out.provenance = settings.provenance;
+    if (!settings.key_file.empty()) {
+        auto k = load_signing_key(settings.key_file);
+        if (!k.value) {
+            out.error = k.error;
+            return out;
+        }
+        out.signer = std::move(k.value);
+    }
+    for (const auto& file : settings.verify_key_files) {
+        auto k = load_verify_key(file);
+        if (!k.value) {
+            out.error = k.error;
+            return out;
+        }
+        out.verifiers.push_back(std::move(*k.value));
+    }
+    return out;
 }
 
 std::string sign_message(const key& k, std::string_view message) {
@@ -793,7 +816,7 @@ verify_result verify_archive(const std::filesystem::path& archive, const std::ve
         });
     } catch (const std::exception& ex) {
         verify_result r;
-        r.error = "cannot read the archive " + archive.string() + ": " + ex.what();
+        r.error = std::string("cannot read the archive: ") + ex.what();
         return r;
     }
     if (!problem.empty()) {

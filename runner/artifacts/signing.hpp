@@ -25,6 +25,9 @@ struct evp_pkey_st;  // OpenSSL's EVP_PKEY, kept out of this header
 namespace kiln::gitlab {
 struct job_spec;
 }
+namespace kiln::config {
+struct signing_settings;
+}
 
 namespace kiln::artifacts {
 
@@ -79,6 +82,15 @@ key_result signing_key_from_pem(std::string_view pem, std::string_view source);
 /// A PEM public key ("PUBLIC KEY"); a private key file is accepted too (its public half).
 key_result load_verify_key(const std::filesystem::path& pem_file);
 key_result verify_key_from_pem(std::string_view pem, std::string_view source);
+
+/// The keys of a runner's [runners.signing], read from their files (small, blocking reads).
+struct runner_keys {
+    std::optional<key> signer;  // key_file
+    bool provenance = true;
+    std::vector<key> verifiers;  // verify_key_files
+    std::string error;           // the first key file that cannot be used, when not empty
+};
+runner_keys load_runner_keys(const config::signing_settings& settings);
 
 /// Detached signature of `message`: 64 raw bytes for Ed25519, DER ECDSA-Sig-Value over
 /// SHA-256(message) for P-256 — what `openssl pkeyutl -sign -rawin` and `openssl dgst -sha256
