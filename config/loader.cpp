@@ -1096,6 +1096,7 @@ const field<runner_entry> runner_fields[] = {
              r.environment.push_back(std::move(entry));
          }
      }},
+    {"tags", strings_field<runner_entry, &runner_entry::tags>},
     {"request_concurrency",
      positive_or_default_field<runner_entry, &runner_entry::request_concurrency, 1>},
     {"limit",
@@ -1298,6 +1299,13 @@ const field<settings> root_fields[] = {
          }
      }},
     {"sentry_dsn", string_field<settings, &settings::sentry_dsn>},
+    {"spool_dir", string_field<settings, &settings::spool_dir>},
+    {"prune_older_than",
+     [](checker& c, const toml::node& n, const std::string& key, settings& s) {
+         if (auto v = read_duration(c, n, key, "168h")) {
+             s.prune_older_than = std::max(*v, std::chrono::seconds{0});
+         }
+     }},
     {"user", string_field<settings, &settings::user>},
     {"session_server",
      [](checker& c, const toml::node& n, const std::string& key, settings&) {

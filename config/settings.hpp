@@ -176,6 +176,9 @@ struct runner_entry {
     std::optional<cache_settings> cache;
     custom_build_dir_settings custom_build_dir;
     std::optional<signing_settings> signing;
+    // kiln: the tags the runner was registered with (GitLab decides which jobs match; this
+    // records them for `kiln list`, e.g. go-module,<name> from `register --go-module`).
+    std::vector<std::string> tags;
 
     friend bool operator==(const runner_entry&, const runner_entry&) = default;
 };
@@ -193,6 +196,11 @@ struct settings {
     std::chrono::seconds connection_max_age{15 * 60};  // 0: keep connections forever
     std::string sentry_dsn;
     std::string user;
+    // kiln: where undeliverable final job states wait (empty: <config dir>/spool).
+    std::string spool_dir;
+    // kiln: `kiln run` prunes builds/cache directories and cache volumes unused for longer
+    // than this, hourly (0: never; `kiln prune` does it by hand).
+    std::chrono::seconds prune_older_than{0};
     std::vector<runner_entry> runners;
 
     friend bool operator==(const settings&, const settings&) = default;

@@ -43,6 +43,8 @@ constexpr std::string_view root_order[] = {
     "shutdown_timeout",
     "connection_max_age",
     "sentry_dsn",
+    "spool_dir",
+    "prune_older_than",
     "user",
     "session_server",
     "runners",
@@ -63,6 +65,7 @@ constexpr std::string_view runner_order[] = {
     "request_concurrency",
     "output_limit",
     "environment",
+    "tags",
     "tls-ca-file",
     "tls-cert-file",
     "tls-key-file",
@@ -652,6 +655,7 @@ toml::table runner_table(const runner_entry& r) {
     put_if(t, "request_concurrency", r.request_concurrency, defaults.request_concurrency);
     put_if(t, "output_limit", r.output_limit, defaults.output_limit);
     put_strings(t, "environment", r.environment);
+    put_strings(t, "tags", r.tags);
     put_string(t, "tls-ca-file", r.tls_ca_file);
     put_string(t, "tls-cert-file", r.tls_cert_file);
     put_string(t, "tls-key-file", r.tls_key_file);

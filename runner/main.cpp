@@ -92,6 +92,12 @@ int main(int argc, char** argv) {
     c_register->add_option("--env", reg.env, "KEY=value added to every job (repeatable)");
     c_register->add_flag("--leave-runner", reg.leave_runner,
                          "Keep the runner in GitLab if saving the config fails");
+    c_register->add_option("--go-module", reg.go_module,
+                           "Register a runner for the Go module of this go.mod (file or its directory)");
+    c_register->add_option("--go-modules-from", reg.go_modules_from,
+                           "Register one runner per go.mod below this directory");
+    c_register->add_option("--project", reg.project,
+                           "Project part of Go module runner names (default: the repository's directory name)");
     c_register->callback([&] {
         if (run_untagged->count() > 0) {
             reg.run_untagged = run_untagged_value;

@@ -42,6 +42,11 @@ struct register_options {
     std::string tls_key_file;
     std::vector<std::string> env;
     bool leave_runner = false;
+    // Per-Go-module runners: one runner for the module of this go.mod (file or directory), or
+    // one per go.mod below a directory; `project` names them (runner-<project>-<module>).
+    std::string go_module;
+    std::string go_modules_from;
+    std::string project;
 };
 
 /// Which runners a command applies to: --name, or --url with --token, or --all-runners.

@@ -69,8 +69,13 @@ int run_list(const global_options& g) {
         auto s = load_settings(path);
         log::info("Listing configured runners", {{"config", path.string()}});
         for (const auto& r : s.runners) {
-            std::printf("%-20s Executor=%s Token=%s URL=%s\n", r.name.c_str(), r.executor.c_str(),
-                        gitlab::short_token(r.token).c_str(), r.url.c_str());
+            std::string tags;
+            for (const auto& t : r.tags) {
+                tags += (tags.empty() ? "" : ",") + t;
+            }
+            std::printf("%-20s Executor=%s Token=%s URL=%s%s%s\n", r.name.c_str(),
+                        r.executor.c_str(), gitlab::short_token(r.token).c_str(), r.url.c_str(),
+                        tags.empty() ? "" : " Tags=", tags.c_str());
         }
         return 0;
     } catch (const command_error& e) {
