@@ -50,6 +50,10 @@ gitlab::feature_flags shell_features() {
     f.cancelable = true;
     f.return_exit_code = true;
     f.cancel_gracefully = true;
+    f.artifacts = true;
+    f.upload_multiple_artifacts = true;
+    f.upload_raw_artifacts = true;
+    f.artifacts_exclude = true;
     return f;
 }
 

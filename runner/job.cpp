@@ -20,6 +20,7 @@
 #include "executors/docker/docker_rules.hpp"
 #include "executors/shell/shell_executor.hpp"
 #include "executors/shell/script_builder.hpp"
+#include "runner/artifacts/artifact_stages.hpp"
 #include "runner/gitlab/tokens.hpp"
 #include "runner/trace/trace_buffer.hpp"
 #include "runner/trace/trace_streamer.hpp"
@@ -147,6 +148,7 @@ private:
     asio::awaitable<executors::docker::prepare_result> prepare_docker();
     asio::awaitable<void> watch_deadline();
     asio::awaitable<bool> send_final_state();
+    artifacts::stage_context artifact_context();
 
     asio::any_io_executor ex_;
     job_context ctx_;
@@ -442,6 +444,15 @@ asio::awaitable<void> job_run::stages() {
         }
     }
 
+    if (stop_ == stop_reason::none && failure.empty()) {
+        auto actx = artifact_context();
+        auto downloaded = co_await artifacts::download_artifacts_stage(std::move(actx));
+        if (!downloaded.ok) {
+            failure = "script_failure";
+            failure_message = downloaded.message;
+        }
+    }
+
     // File variables exist on disk for the user's stages only.
     std::error_code ec;
     for (const auto& v : job_.variables) {
@@ -534,6 +545,17 @@ asio::awaitable<void> job_run::stages() {
         }
     }
 
+    if (stop_ != stop_reason::abort) {
+        // gitlab-runner: a graceful cancel or a timeout uploads the on_failure artifacts.
+        const bool succeeded = failure.empty() && stop_ == stop_reason::none;
+        auto actx = artifact_context();
+        auto uploaded = co_await artifacts::upload_artifacts_stage(std::move(actx), succeeded);
+        if (!uploaded.ok && succeeded) {
+            failure = "script_failure";
+            failure_message = uploaded.message;
+        }
+    }
+
     section_start("cleanup_file_variables", "Cleaning up project directory and file based variables");
     std::filesystem::remove_all(tmp_dir_, ec);
     if (docker_) {
@@ -564,6 +586,21 @@ asio::awaitable<void> job_run::stages() {
     finished_ = true;
     deadline_timer_.cancel();
     streamer_.stop();
+}
+
+artifacts::stage_context job_run::artifact_context() {
+    return artifacts::stage_context{
+        ctx_.api,
+        job_,
+        project_dir_,
+        tmp_dir_,
+        env_,
+        [this](std::string_view s) { out(s); },
+        [this](const std::string& name, std::string_view d) { section_start(name, d); },
+        [this](const std::string& name) { section_end(name); },
+        nullptr,  // zip_trailer: signed manifests (issue 5, signing)
+        nullptr,  // verify_download: signature check of dependencies (issue 5, signing)
+    };
 }
 
 asio::awaitable<executors::docker::prepare_result> job_run::prepare_docker() {

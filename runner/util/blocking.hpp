@@ -20,10 +20,11 @@ boost::asio::thread_pool& blocking_pool();
 template <class F>
 auto run_blocking(F f) -> boost::asio::awaitable<std::invoke_result_t<F&>> {
     using result_t = std::invoke_result_t<F&>;
-    co_return co_await boost::asio::co_spawn(
-        blocking_pool(),
-        [f = std::move(f)]() mutable -> boost::asio::awaitable<result_t> { co_return f(); },
-        boost::asio::use_awaitable);
+    // A named local, not a temporary inside the co_await expression: GCC 12 destroys such
+    // temporaries twice (a double free as soon as F captures a std::string).
+    auto task = [f = std::move(f)]() mutable -> boost::asio::awaitable<result_t> { co_return f(); };
+    co_return co_await boost::asio::co_spawn(blocking_pool(), std::move(task),
+                                             boost::asio::use_awaitable);
 }
 
 }  // namespace kiln::util

@@ -1,0 +1,58 @@
+#pragma once
+// The job's artifact stages as gitlab-runner runs them (gitlab-runner-reference.md §3.1):
+// download_artifacts (dependencies' archives, before the script) and
+// upload_artifacts_on_success / upload_artifacts_on_failure (after after_script and the cache).
+// File selection is path_match's pure core; archives come from archive.hpp on the blocking
+// pool; transfers go through gitlab::client.
+
+#include <boost/asio/awaitable.hpp>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "runner/artifacts/archive.hpp"
+#include "runner/artifacts/artifact_rules.hpp"
+#include "runner/gitlab/client.hpp"
+#include "runner/gitlab/job_payload.hpp"
+
+namespace kiln::artifacts {
+
+struct stage_context {
+    gitlab::client& api;
+    const gitlab::job_spec& job;
+    std::filesystem::path project_dir;
+    std::filesystem::path scratch_dir;  // for archives in transit (the job's .tmp directory)
+    /// The job's environment in order (later entries win), for $VAR in names and settings.
+    const std::vector<std::pair<std::string, std::string>>& env;
+    std::function<void(std::string_view)> out;  // the job trace
+    std::function<void(const std::string& name, std::string_view description)> section_start;
+    std::function<void(const std::string& name)> section_end;
+
+    /// Signing (issue 5, item 5) hooks in here: the trailer adds a signed manifest to every
+    /// uploaded zip, and verify checks a downloaded dependency archive before it is extracted
+    /// (returns an empty string when it is fine, else the reason, which fails the job).
+    std::function<std::vector<generated_file>(const std::vector<file_digest>&)> zip_trailer;
+    std::function<std::string(const std::filesystem::path& archive,
+                              const gitlab::job_dependency& dependency)>
+        verify_download;
+};
+
+struct stage_outcome {
+    bool ok = true;
+    std::string message;  // why the job fails, for "ERROR: Job failed: ..."
+};
+
+/// download_artifacts: every dependency with an archive is downloaded with its token and
+/// extracted into the project directory (safely: see extract_archive). No-op (no section)
+/// when no dependency has artifacts.
+boost::asio::awaitable<stage_outcome> download_artifacts_stage(stage_context ctx);
+
+/// upload_artifacts_on_success / _on_failure: every artifacts[] entry whose `when` matches the
+/// job's result is archived and uploaded. No-op (no section) when none matches.
+boost::asio::awaitable<stage_outcome> upload_artifacts_stage(stage_context ctx,
+                                                             bool job_succeeded);
+
+}  // namespace kiln::artifacts
