@@ -333,11 +333,12 @@ class Artifact:
     filename: str
     data: bytes
     uploaded_at: dt.datetime
+    query: str = ""                  # the upload's raw query string, as the runner sent it
 
     def summary(self) -> dict:
         return {"type": self.type, "format": self.format, "expire_in": self.expire_in,
                 "filename": self.filename, "size": len(self.data),
-                "sha256": hashlib.sha256(self.data).hexdigest(),
+                "sha256": hashlib.sha256(self.data).hexdigest(), "query": self.query,
                 "uploaded_at": iso_ms(self.uploaded_at)}
 
 
@@ -1224,7 +1225,7 @@ class RunnerAPI:
             if a_type in job.artifacts:
                 return message_reply(400, "another artifact of the same type already exists")
             art = Artifact(a_type, a_format, params.get("expire_in"), filename or "", data,
-                           utcnow())
+                           utcnow(), req.raw_query)
             job.artifacts[a_type] = art
         self._persist_artifact(job, art)
         return Reply(201, b"201", [("Content-Type", "application/json")])
@@ -1672,6 +1673,18 @@ class ControlAPI:
                 raise LookupError(f"job {job_id} has no {a_type} artifact")
             return Reply(200, art.data, [("Content-Type", "application/octet-stream")])
 
+    def put_job_artifact(self, req: Request, job_id: str, a_type: str) -> Reply:
+        """Test hook: store the request body as the job's artifact of `a_type`, unvalidated,
+        as if the job had uploaded it (e.g. a hostile archive for a dependency download)."""
+        q = req.query
+        fmt = q.get("artifact_format") or ARTIFACT_TYPE_FORMATS.get(a_type, "zip")
+        filename = q.get("filename") or ("artifacts.zip" if fmt == "zip" else a_type)
+        with self.gl.lock:
+            job = self._job(job_id)
+            art = Artifact(a_type, fmt, q.get("expire_in"), filename, bytes(req.body), utcnow())
+            job.artifacts[a_type] = art
+            return json_reply(201, art.summary())
+
     def delete_job(self, req: Request, job_id: str) -> Reply:
         with self.gl.lock:
             job = self.gl.jobs.pop(int(job_id), None)
@@ -1970,6 +1983,7 @@ class Router:
             r("DELETE", r"/__emulator/jobs/(\d+)", ctl.delete_job),
             r("GET", r"/__emulator/jobs/(\d+)/trace", ctl.get_job_trace),
             r("GET", r"/__emulator/jobs/(\d+)/artifacts/([a-z_0-9]+)", ctl.get_job_artifact),
+            r("PUT", r"/__emulator/jobs/(\d+)/artifacts/([a-z_0-9]+)", ctl.put_job_artifact),
             r("POST", r"/__emulator/jobs/(\d+)/cancel", ctl.cancel_job),
             r("POST", r"/__emulator/jobs/(\d+)/expire_token", ctl.expire_job_token),
             r("POST", r"/__emulator/jobs/(\d+)/fail", ctl.fail_job),

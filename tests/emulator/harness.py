@@ -272,6 +272,16 @@ class Emulator:
     def job_artifact(self, job_id: int, artifact_type: str = "archive") -> bytes:
         return self.control("GET", f"/jobs/{job_id}/artifacts/{artifact_type}")
 
+    def put_job_artifact(self, job_id: int, data: bytes, artifact_type: str = "archive",
+                         filename: str | None = None) -> dict:
+        """Make `data` the job's stored artifact (served to dependants as it is)."""
+        q = "?" + urllib.parse.urlencode({"filename": filename}) if filename else ""
+        res = self.request("PUT", f"/__emulator/jobs/{job_id}/artifacts/{artifact_type}{q}", data,
+                           {"Content-Type": "application/octet-stream"})
+        if res.status >= 300:
+            raise RuntimeError(f"put_job_artifact -> {res.status}: {res.body!r}")
+        return res.json()
+
     def cancel(self, job_id: int, mode: str = "graceful") -> dict:
         return self.control("POST", f"/jobs/{job_id}/cancel", {"mode": mode})
 
