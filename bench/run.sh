@@ -6,6 +6,7 @@
 #   KILN_BENCH_NO_BUILD=1 bench/run.sh   run what is already built
 #   KILN_BENCH_BUILD_DIR=build/bench bench/run.sh   use another build tree
 #   REQUESTS=50000 bench/run.sh       more requests for http_keepalive_bench
+#   ARCHIVE_RUNS=5 bench/run.sh       more runs (best taken) for archive_bench
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -71,6 +72,10 @@ python_reference tls
 echo
 echo "== masking_bench (job-log masking throughput)"
 "$build/bench/masking_bench" || echo "(masking_bench failed)"
+
+echo
+echo "== archive_bench (zip of a ~300 MB tree of headers and shared libraries: kiln write_zip, zip -1, pigz)"
+"$build/bench/archive_bench" --threads 2 --runs "${ARCHIVE_RUNS:-3}" || echo "(archive_bench failed)"
 
 echo
 echo "== rss_idle (kiln run, idle, one TLS connection with a held long poll)"

@@ -13,7 +13,7 @@ namespace kiln::artifacts::detail::zip {
 
 namespace {
 
-constexpr std::size_t buffer_capacity = 1 << 20;
+constexpr std::size_t buffer_capacity = 256 << 10;
 constexpr std::uint32_t max32 = 0xffffffffU;
 
 class bytes {

@@ -49,7 +49,7 @@ namespace {
 using detail::zip::entry_record;
 using detail::zip::output_file;
 
-constexpr std::size_t task_capacity = 1 << 20;
+constexpr std::size_t task_capacity = 512 << 10;
 constexpr std::size_t dict_capacity = 32 << 10;
 
 [[noreturn]] void throw_errno(const std::string& what, const std::filesystem::path& p) {
@@ -200,7 +200,9 @@ public:
         : options_(options), out_(out) {
         unsigned threads = options.threads ? options.threads : std::thread::hardware_concurrency();
         threads = std::clamp(threads, 1u, 64u);
-        window_ = 2 * threads + 2;
+        // One task per worker plus one being filled and one being written: enough to keep the
+        // workers busy; each task is ~2 MiB (input and output), which bounds memory.
+        window_ = threads + 2;
         pool_.emplace(threads, options.level);
         if (options.trailer) sha_.emplace();
     }
@@ -346,7 +348,10 @@ private:
                 spare_.pop_back();
             } else {
                 filling_ = std::make_unique<task>();
+                // Reserved here once, so the buffers never grow (or move to a worker's malloc
+                // arena) later.
                 filling_->input.reserve(task_capacity + dict_capacity);
+                filling_->output.reserve(task_capacity + task_capacity / 32 + (64 << 10));
             }
         }
         return *filling_;
