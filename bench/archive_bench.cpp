@@ -75,8 +75,10 @@ int write_zip_child(const fs::path& tree, const fs::path& out, const std::string
     zip_options o;
     o.level = parse_compression_level(level);
     o.threads = threads;
+    auto t0 = std::chrono::steady_clock::now();
     auto entries = walk(tree);
     if (std::getenv("ARCHIVE_BENCH_RSS")) {
+        std::fprintf(stderr, "walk: %.3f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         FILE* f = std::fopen("/proc/self/status", "r");
         char line[256];
         while (std::fgets(line, sizeof line, f))

@@ -8,15 +8,16 @@
 
 namespace kiln::artifacts::detail {
 
-// Chosen by bench/archive_bench on the reference tree (docs/benchmarks.md, "Issue 5"): isa-l
-// is 2.5x faster than libdeflate level 1 at the same ratio, so it does everything up to
-// "default"; the slow levels buy ratio with libdeflate for whole files (most files in a tree
-// of sources and headers fit in one 1 MiB piece) and isa-l's best level for split files.
+// Chosen with bench/archive_bench on the reference tree (docs/benchmarks.md, "Issue 5"):
+// isa-l does everything up to "default" (level 2 costs no more CPU than level 1 there and is
+// 0.6% smaller; level 0 saves ~15% CPU for a 12% bigger archive); the slow levels buy ~12%
+// in size for 3x the CPU with libdeflate on whole files (most files of a source tree fit in
+// one 512 KiB task) and isa-l's best level on the pieces of split files.
 level_plan plan_for(compression_level level) {
     switch (level) {
         case compression_level::fastest: return {0, 0};
         case compression_level::fast: return {1, 0};
-        case compression_level::normal: return {1, 0};
+        case compression_level::normal: return {2, 0};
         case compression_level::slow: return {3, 6};
         case compression_level::slowest: return {3, 9};
     }
@@ -52,7 +53,7 @@ deflater::~deflater() {
     if (libdeflate_) libdeflate_free_compressor(libdeflate_);
 }
 
-bool deflater::compress_whole(std::span<const unsigned char> in, std::vector<unsigned char>& out) {
+bool deflater::compress_whole(std::span<const unsigned char> in, byte_vector& out) {
     if (in.size() < 16) return false;  // headers alone would make it bigger
     const std::size_t at = out.size();
     const std::size_t room = in.size() - 1;  // only worth it when strictly smaller
@@ -84,7 +85,7 @@ bool deflater::compress_whole(std::span<const unsigned char> in, std::vector<uns
 }
 
 void deflater::compress_piece(std::span<const unsigned char> dict, std::span<const unsigned char> in,
-                              bool last, std::vector<unsigned char>& out) {
+                              bool last, byte_vector& out) {
     isal_zstream s;
     isal_deflate_init(&s);
     s.level = static_cast<std::uint32_t>(plan_.isal_level);

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "runner/artifacts/archive.hpp"
@@ -19,6 +20,26 @@
 struct libdeflate_compressor;
 
 namespace kiln::artifacts::detail {
+
+/// A vector whose resize() leaves new bytes uninitialised: buffers about to be overwritten by
+/// read() or a compressor are not zeroed first.
+template <class T>
+struct uninitialised_allocator : std::allocator<T> {
+    template <class U>
+    struct rebind {
+        using other = uninitialised_allocator<U>;
+    };
+    using std::allocator<T>::allocator;
+    template <class U>
+    void construct(U* p) noexcept {
+        ::new (static_cast<void*>(p)) U;
+    }
+    template <class U, class... Args>
+    void construct(U* p, Args&&... args) {
+        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
+};
+using byte_vector = std::vector<unsigned char, uninitialised_allocator<unsigned char>>;
 
 /// What a compression level means for the codecs.
 struct level_plan {
@@ -41,14 +62,14 @@ public:
     /// Compresses `in` as a complete deflate stream (a whole file) and appends it to `out`.
     /// Returns false (leaving `out` as it was) when the result would not be smaller than the
     /// input, so the caller stores the data instead.
-    bool compress_whole(std::span<const unsigned char> in, std::vector<unsigned char>& out);
+    bool compress_whole(std::span<const unsigned char> in, byte_vector& out);
 
     /// Compresses one piece of a longer stream and appends it to `out`: `dict` is the data just
     /// before the piece (up to 32 KiB, may be empty), `last` ends the stream with a final
     /// block; a piece that is not last ends byte-aligned (sync flush), so the pieces of one
     /// file concatenate into one valid deflate stream.
     void compress_piece(std::span<const unsigned char> dict, std::span<const unsigned char> in,
-                        bool last, std::vector<unsigned char>& out);
+                        bool last, byte_vector& out);
 
 private:
     level_plan plan_;

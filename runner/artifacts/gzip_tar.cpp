@@ -110,7 +110,8 @@ archive_stats write_gzip(const std::filesystem::path& source, const std::filesys
         o.write(header.data(), header.size());
 
         detail::deflater d(level);
-        std::vector<unsigned char> buf(dict_size + piece_size), next(piece_size), packed;
+        std::vector<unsigned char> buf(dict_size + piece_size), next(piece_size);
+        detail::byte_vector packed;
         std::size_t dict_len = 0;
         std::uint32_t crc = 0;
         std::uint64_t total = 0;

@@ -23,6 +23,7 @@ struct entry_record {
     std::uint64_t offset = 0;  // of the local header
     std::uint32_t crc = 0;
     std::uint64_t size = 0;
+    std::uint64_t size_hint = 0;  // the file's size when it was listed
     std::uint64_t compressed = 0;
     std::uint16_t method = method_store;
     bool split = false;        // sizes and CRC follow the data (data descriptor)

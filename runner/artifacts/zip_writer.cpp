@@ -67,10 +67,10 @@ struct piece {
 };
 
 struct task {
-    std::vector<unsigned char> input;  // dict_len bytes of dictionary, then the data
+    detail::byte_vector input;  // dict_len bytes of dictionary, then the data
     std::size_t dict_len = 0;
     std::vector<piece> pieces;
-    std::vector<unsigned char> output;
+    detail::byte_vector output;
     bool done = false;
     std::exception_ptr error;
 
@@ -250,6 +250,7 @@ private:
             r.link_target = std::move(target);
             add_meta(std::move(r));
         } else if (S_ISREG(st.st_mode)) {
+            r.size_hint = static_cast<std::uint64_t>(st.st_size);
             add_file(e, std::move(r));
         }
         // Sockets, FIFOs and devices are not archivable; gitlab-runner skips them too.
@@ -265,13 +266,11 @@ private:
     }
 
     void add_file(const archive_entry& e, entry_record r) {
+        // O_NOFOLLOW: if the file was swapped for a link since lstat, this fails rather than
+        // archiving what the link points to. Size and mode come from that lstat.
         fd_guard fd{::open(e.source.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)};
         if (fd.fd < 0) throw_errno("cannot open", e.source);
-        struct stat st {};
-        if (::fstat(fd.fd, &st) != 0) throw_errno("cannot stat", e.source);
-        const auto size = static_cast<std::uint64_t>(st.st_size);
-        r.mode = st.st_mode;
-        r.mtime = st.st_mtime;
+        const std::uint64_t size = r.size_hint;
         const auto index = static_cast<std::uint32_t>(records_.size());
         if (size <= task_capacity) {
             if (current().used() + size > task_capacity) submit_current();
@@ -434,7 +433,7 @@ private:
         auto in = std::span(reinterpret_cast<const unsigned char*>(g.content.data()), g.content.size());
         r.crc = libdeflate_crc32(0, in.data(), in.size());
         r.size = in.size();
-        std::vector<unsigned char> packed;
+        detail::byte_vector packed;
         detail::deflater d(options_.level);
         if (in.size() <= 0xffff0000ULL && d.compress_whole(in, packed)) {
             r.method = detail::zip::method_deflate;
@@ -456,7 +455,7 @@ private:
     std::unique_ptr<task> filling_;
     std::deque<std::unique_ptr<task>> inflight_;
     std::vector<std::unique_ptr<task>> spare_;
-    std::vector<unsigned char> carry_;
+    detail::byte_vector carry_;
     std::vector<entry_record> records_;
     std::optional<sha256> sha_;
     std::vector<file_digest> digests_;
