@@ -21,9 +21,11 @@
 #include "executors/shell/shell_executor.hpp"
 #include "executors/shell/script_builder.hpp"
 #include "runner/artifacts/artifact_stages.hpp"
+#include "runner/artifacts/signing.hpp"
 #include "runner/gitlab/tokens.hpp"
 #include "runner/trace/trace_buffer.hpp"
 #include "runner/trace/trace_streamer.hpp"
+#include "runner/util/blocking.hpp"
 #include "runner/util/logging.hpp"
 #include "runner/version.hpp"
 
@@ -163,6 +165,7 @@ private:
     std::filesystem::path project_dir_;
     std::filesystem::path tmp_dir_;
     std::vector<std::pair<std::string, std::string>> env_;  // job environment, in order
+    std::optional<artifacts::runner_keys> signing_;  // [runners.signing], read when the job starts
     // Sources are fetched on this host; user stages run in the job's executor.
     executors::shell_executor host_;
     std::unique_ptr<executors::docker::docker_executor> docker_;
@@ -444,6 +447,17 @@ asio::awaitable<void> job_run::stages() {
         }
     }
 
+    if (stop_ == stop_reason::none && failure.empty() && r.signing) {
+        // Read per job, so a key rotated on disk needs no restart.
+        auto settings = *r.signing;
+        auto load = [settings] { return artifacts::load_runner_keys(settings); };
+        signing_ = co_await util::run_blocking(std::move(load));
+        if (!signing_->error.empty()) {
+            failure = "runner_system_failure";
+            failure_message = signing_->error + " ([runners.signing] in the config)";
+        }
+    }
+
     if (stop_ == stop_reason::none && failure.empty()) {
         auto actx = artifact_context();
         auto downloaded = co_await artifacts::download_artifacts_stage(std::move(actx));
@@ -589,7 +603,7 @@ asio::awaitable<void> job_run::stages() {
 }
 
 artifacts::stage_context job_run::artifact_context() {
-    return artifacts::stage_context{
+    artifacts::stage_context c{
         ctx_.api,
         job_,
         project_dir_,
@@ -598,9 +612,42 @@ artifacts::stage_context job_run::artifact_context() {
         [this](std::string_view s) { out(s); },
         [this](const std::string& name, std::string_view d) { section_start(name, d); },
         [this](const std::string& name) { section_end(name); },
-        nullptr,  // zip_trailer: signed manifests (issue 5, signing)
-        nullptr,  // verify_download: signature check of dependencies (issue 5, signing)
     };
+    if (!signing_ || !signing_->error.empty()) {
+        return c;
+    }
+    if (signing_->signer) {
+        auto signer = *signing_->signer;
+        auto facts = artifacts::facts_for_job(job_, ctx_.runner.token);
+        const bool provenance = signing_->provenance;
+        c.sign_zip = [signer, facts, provenance](std::vector<artifacts::archive_entry>& entries) {
+            artifacts::drop_signing_entries(entries);
+            return artifacts::make_signing_trailer(signer, facts, entries, provenance);
+        };
+        c.signed_note = "Signed with key " + signer.id() + " (" +
+                        std::string(artifacts::algorithm_name(signer.algorithm())) +
+                        "): .kiln/manifest.json" + (provenance ? ", .kiln/provenance.json" : "");
+    }
+    if (!signing_->verifiers.empty()) {
+        auto keys = signing_->verifiers;
+        c.verify_download = [keys](const std::filesystem::path& archive,
+                                   const gitlab::job_dependency& dep) {
+            auto r = artifacts::verify_archive(archive, keys);
+            artifacts::stage_context::download_check check;
+            check.ok = r.ok;
+            if (!r.ok) {
+                check.message = r.error;
+                return check;
+            }
+            const auto& m = *r.signed_manifest;
+            check.message = "Verified the artifacts of " + dep.name + " (" +
+                            std::to_string(dep.id) + "): " + std::to_string(r.files) +
+                            " files signed by key " + r.key_id + ", job " +
+                            std::to_string(m.facts.job_id) + ", commit " + m.facts.commit_sha;
+            return check;
+        };
+    }
+    return c;
 }
 
 asio::awaitable<executors::docker::prepare_result> job_run::prepare_docker() {

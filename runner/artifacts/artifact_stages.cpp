@@ -175,8 +175,7 @@ struct prepared_upload {
 prepared_upload prepare_upload(const gitlab::artifact_spec& a, const std::string& format,
                                const fs::path& project_dir, const fs::path& out_path,
                                compression_level level,
-                               const std::function<std::vector<generated_file>(
-                                   const std::vector<file_digest>&)>& trailer) {
+                               const decltype(stage_context::sign_zip)& sign_zip) {
     prepared_upload p;
     selection_spec spec;
     spec.paths = a.paths;
@@ -207,7 +206,9 @@ prepared_upload prepare_upload(const gitlab::artifact_spec& a, const std::string
             }
             zip_options o;
             o.level = level;
-            o.trailer = trailer;
+            if (sign_zip) {
+                o.trailer = sign_zip(entries);
+            }
             auto st = write_zip(entries, out_path, o);
             b.file = out_path;
             b.temporary = true;
@@ -373,16 +374,19 @@ asio::awaitable<stage_outcome> download_artifacts_stage(stage_context ctx) {
         if (ctx.verify_download) {
             auto verify = ctx.verify_download;
             auto check = [verify, file, dep] { return verify(file, *dep); };
-            auto problem = co_await util::run_blocking(std::move(check));
-            if (!problem.empty()) {
+            auto checked = co_await util::run_blocking(std::move(check));
+            if (!checked.ok) {
                 fs::remove(file, ec);
-                line(ctx, ansi_bold_red, "ERROR: the artifacts of " + dep->name +
-                                             " failed verification: " + problem);
+                line(ctx, ansi_bold_red, "ERROR: the artifacts archive of " + dep->name + " (" +
+                                             std::to_string(dep->id) +
+                                             ") does not verify: " + checked.message);
                 outcome.ok = false;
-                outcome.message = "the artifacts of " + dep->name + " (" +
-                                  std::to_string(dep->id) + ") failed verification: " + problem;
+                outcome.message = "the artifacts archive of " + dep->name + " (" +
+                                  std::to_string(dep->id) + ") does not verify: " +
+                                  checked.message;
                 break;
             }
+            line(ctx, "", checked.message);
         }
 
         extract_limits limits;
@@ -446,9 +450,9 @@ asio::awaitable<stage_outcome> upload_artifacts_stage(stage_context ctx, bool jo
                                (format == "gzip" ? ".gz" : format == "zip" ? ".zip" : ""));
         const fs::path project_dir = ctx.project_dir;
         const gitlab::artifact_spec spec = *a;
-        auto trailer = format == "zip" ? ctx.zip_trailer : nullptr;
-        auto prepare = [spec, format, project_dir, out_path, level, trailer] {
-            return prepare_upload(spec, format, project_dir, out_path, level, trailer);
+        auto sign_zip = format == "zip" ? ctx.sign_zip : nullptr;
+        auto prepare = [spec, format, project_dir, out_path, level, sign_zip] {
+            return prepare_upload(spec, format, project_dir, out_path, level, sign_zip);
         };
         auto prepared = co_await util::run_blocking(std::move(prepare));
         if (!prepared.untracked_error.empty()) {
@@ -503,6 +507,9 @@ asio::awaitable<stage_outcome> upload_artifacts_stage(stage_context ctx, bool jo
                           ": " + std::to_string(b.files) + " files, " +
                           format_size(b.content_bytes) + " in " + format_size(b.archive_bytes) +
                           (a->expire_in.empty() ? std::string() : ", expire_in=" + a->expire_in));
+        if (sign_zip && !ctx.signed_note.empty()) {
+            line(ctx, "", ctx.signed_note);
+        }
         ++uploaded;
         uploaded_files += b.files;
         uploaded_bytes += b.archive_bytes;

@@ -31,12 +31,22 @@ struct stage_context {
     std::function<void(const std::string& name, std::string_view description)> section_start;
     std::function<void(const std::string& name)> section_end;
 
-    /// Signing (issue 5, item 5) hooks in here: the trailer adds a signed manifest to every
-    /// uploaded zip, and verify checks a downloaded dependency archive before it is extracted
-    /// (returns an empty string when it is fine, else the reason, which fails the job).
-    std::function<std::vector<generated_file>(const std::vector<file_digest>&)> zip_trailer;
-    std::function<std::string(const std::filesystem::path& archive,
-                              const gitlab::job_dependency& dependency)>
+    /// Signed artifacts (signing.hpp, docs/artifacts.md). `sign_zip`, when set, is given the
+    /// entries of each zip about to be written (it drops kiln's own .kiln/ manifest files left
+    /// over from a dependency) and returns the trailer that appends the signed manifest;
+    /// `signed_note` is the trace line after such an upload. `verify_download`, when set,
+    /// checks a downloaded dependency archive before it is extracted: ok and a line for the
+    /// trace, or not ok and the reason, which fails the job.
+    std::function<std::function<std::vector<generated_file>(const std::vector<file_digest>&)>(
+        std::vector<archive_entry>& entries)>
+        sign_zip;
+    std::string signed_note;
+    struct download_check {
+        bool ok = true;
+        std::string message;
+    };
+    std::function<download_check(const std::filesystem::path& archive,
+                                 const gitlab::job_dependency& dependency)>
         verify_download;
 };
 

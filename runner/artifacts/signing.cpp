@@ -228,6 +228,10 @@ bool is_signing_entry(std::string_view name) {
            name == provenance_signature_entry;
 }
 
+std::size_t drop_signing_entries(std::vector<archive_entry>& entries) {
+    return std::erase_if(entries, [](const archive_entry& e) { return is_signing_entry(e.name); });
+}
+
 std::string to_hex(const std::array<unsigned char, 32>& digest) {
     static constexpr char digits[] = "0123456789abcdef";
     std::string out;

@@ -43,6 +43,10 @@ inline constexpr std::string_view signature_entry = ".kiln/manifest.sig";
 /// dependency archive).
 bool is_signing_entry(std::string_view name);
 
+/// Removes entries with those names from `entries` (a dependency's manifest extracted into
+/// the project: the archive being written gets its own); returns how many.
+std::size_t drop_signing_entries(std::vector<archive_entry>& entries);
+
 enum class key_algorithm { ed25519, ecdsa_p256 };
 
 /// "ed25519" or "ecdsa-p256-sha256", as written in manifests.

@@ -246,5 +246,229 @@ class VerifyCommandTest(unittest.TestCase):
                 self.assertEqual(r.returncode == 0, ok, r.stdout + r.stderr)
 
 
+def rezip(data, change=None, drop=(), add=()):
+    """The archive rewritten entry by entry with the same metadata (modes, symlinks), with
+    change(name, bytes) -> bytes applied, `drop` names left out and `add` (name, bytes) appended."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, \
+            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename in drop:
+                continue
+            content = src.read(info)
+            if change is not None:
+                content = change(info.filename, content)
+            dst.writestr(info, content)
+        for name, content in add:
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = 0o100644 << 16
+            dst.writestr(info, content)
+    return out.getvalue()
+
+
+def flip_byte(target, offset):
+    def change(name, content):
+        if name != target:
+            return content
+        b = bytearray(content)
+        b[offset] ^= 0x01
+        return bytes(b)
+    return change
+
+
+class JobSigningTest(unittest.TestCase):
+    """`kiln run` against the emulator: signed upload, verified download."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gitlab = harness.Emulator(tls=True, long_poll=5)
+        cls.gitlab.start()
+        cls.work = tempfile.mkdtemp(prefix="kiln-signing-job-test-")
+        cls.repo = os.path.join(cls.work, "service.git")
+        cls.sha = harness.make_bare_repo(cls.repo, {"README.md": "service\n"})
+        cls.gitlab.add_repo("acme/service", cls.repo)
+        cls.key = make_key(cls.work, "signing", "ed25519")
+        cls.other = make_key(cls.work, "other", "p256")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gitlab.stop()
+        cls.gitlab.cleanup()
+        shutil.rmtree(cls.work, ignore_errors=True)
+
+    def setUp(self):
+        self.gitlab.clear_faults()
+        self.gitlab.configure(trace_update_interval=1, final_update_202_count=0)
+        self.token = self.gitlab.create_runner(kind="glrt")["token"]
+        self.dir = tempfile.mkdtemp(dir=self.work)
+
+    def write_config(self, signing):
+        path = os.path.join(self.dir, "config.toml")
+        with open(path, "w") as f:
+            f.write(
+                "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 5\n\n[[runners]]\n"
+                f'  name = "t"\n  url = "{self.gitlab.url}"\n  token = "{self.token}"\n'
+                f'  tls-ca-file = "{self.gitlab.ca_file}"\n  executor = "shell"\n'
+                f'  builds_dir = "{os.path.join(self.dir, "builds")}"\n'
+                f"  [runners.signing]\n{signing}")
+        return path
+
+    def enqueue(self, script, **extra):
+        return self.gitlab.enqueue_job(fixture="job_basic", repo="acme/service", sha=self.sha,
+                                       runner_token=self.token, script=script, after_script=[],
+                                       **extra)
+
+    def run_kiln(self, config, jobs):
+        log_path = os.path.join(self.dir, "kiln.log")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([KILN, "run", "--config", config, "--max-jobs",
+                                     str(len(jobs))], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                rc = proc.wait(timeout=300)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        with open(log_path) as f:
+            self.assertEqual(rc, 0, f.read())
+        return [self.gitlab.job(j["id"]) for j in jobs]
+
+    def verify(self, data, *keys):
+        return kiln_verify(data, self.dir, *keys)
+
+    def test_sign_upload_download_verify_round_trip(self):
+        config = self.write_config(f'    key_file = "{self.key[0]}"\n'
+                                   f'    verify_key_files = ["{self.key[1]}"]\n')
+        producer = self.enqueue(
+            ["mkdir -p dist/lib", "printf 'service v1\\n' > dist/app", "chmod +x dist/app",
+             "head -c 100000 /dev/urandom > dist/lib/libx.so.1",
+             "ln -s libx.so.1 dist/lib/libx.so"],
+            overrides={"artifacts": [{"name": "dist", "paths": ["dist/"], "when": "on_success",
+                                      "expire_in": "1 day", "artifact_type": "archive",
+                                      "artifact_format": "zip"}]})
+        p_state, = self.run_kiln(config, [producer])
+        self.assertEqual(p_state["state"], "success", p_state["trace"])
+        self.assertIn(f"Signed with key {self.key[2]} (ed25519): .kiln/manifest.json",
+                      p_state["trace"])
+
+        # The archive as GitLab stores and serves it.
+        stored = self.gitlab.job_artifact(producer["id"])
+        with zipfile.ZipFile(io.BytesIO(stored)) as zf:
+            self.assertIsNone(zf.testzip())
+            names = zf.namelist()
+            manifest = json.loads(zf.read(".kiln/manifest.json"))
+        self.assertEqual(names[-2:], [".kiln/manifest.json", ".kiln/manifest.sig"])
+        self.assertEqual(manifest["job"]["id"], producer["id"])
+        self.assertEqual(manifest["commit_sha"], self.sha)
+        self.assertEqual(manifest["project"], "acme/service")
+        self.assertEqual(manifest["key_id"], self.key[2])
+        self.assertEqual(manifest["symlinks"], [{"name": "dist/lib/libx.so",
+                                                 "target": "libx.so.1"}])
+        self.assertIn({"name": "dist/app", "size": 11,
+                       "sha256": hashlib.sha256(b"service v1\n").hexdigest()}, manifest["files"])
+
+        r = self.verify(stored, self.key[1])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"job {producer['id']}", r.stdout)
+        self.assertIn(f"commit {self.sha}", r.stdout)
+        self.assertIn("with provenance", r.stdout)
+
+        # The documented procedure without kiln: openssl for the signatures, check_files.py.
+        path = os.path.join(self.dir, "stored.zip")
+        with open(path, "wb") as f:
+            f.write(stored)
+        for entry in (".kiln/manifest.json", ".kiln/manifest.sig", ".kiln/provenance.json",
+                      ".kiln/provenance.sig"):
+            with open(os.path.join(self.dir, os.path.basename(entry)), "wb") as f:
+                f.write(subprocess.run(["unzip", "-p", path, entry], capture_output=True,
+                                       check=True).stdout)
+        for doc in ("manifest", "provenance"):
+            out = openssl("pkeyutl", "-verify", "-pubin", "-inkey", self.key[1], "-rawin",
+                          "-in", os.path.join(self.dir, doc + ".json"),
+                          "-sigfile", os.path.join(self.dir, doc + ".sig"))
+            self.assertIn(b"Signature Verified Successfully", out)
+        script = os.path.join(self.dir, "check_files.py")
+        with open(script, "w") as f:
+            f.write(documented_check_files())
+        r = subprocess.run([sys.executable, script, path, os.path.join(self.dir, "manifest.json")],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(os.path.join(self.dir, "provenance.json")) as f:
+            statement = json.load(f)
+        self.assertEqual(statement["_type"], "https://in-toto.io/Statement/v1")
+        self.assertIn({"name": "dist/app",
+                       "digest": {"sha256": hashlib.sha256(b"service v1\n").hexdigest()}},
+                      statement["subject"])
+
+        # One flipped byte, or another key: verification fails.
+        tampered = rezip(stored, flip_byte("dist/lib/libx.so.1", 5000))
+        r = self.verify(tampered, self.key[1])
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, r"^ERROR: .*: file dist/lib/libx\.so\.1 changed: sha256 "
+                                   r"[0-9a-f]{64} != [0-9a-f]{64}\n$")
+        r = self.verify(stored, self.other[1])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("signature does not match key " + self.other[2], r.stderr)
+
+        # A job that depends on it verifies the archive before extracting it ...
+        # It uploads what it got again, .kiln/ included: the producer's manifest is left out
+        # and the archive carries the consumer's own.
+        consumer = self.enqueue(
+            ["cat dist/app", "readlink dist/lib/libx.so"], dependencies=[producer["id"]],
+            overrides={"artifacts": [{"name": "again", "paths": ["dist/", ".kiln/"],
+                                      "when": "on_success", "expire_in": "1 day",
+                                      "artifact_type": "archive", "artifact_format": "zip"}]})
+        # ... and one whose dependency's archive was tampered with, or is not signed, fails
+        # before its script runs.
+        cases = [("changed byte", tampered, "file dist/lib/libx.so.1 changed: sha256 "),
+                 ("added file", rezip(stored, add=[("dist/evil.sh", b"rm -rf ~\n")]),
+                  "file dist/evil.sh not in manifest"),
+                 ("unsigned", rezip(stored, drop=(".kiln/manifest.json", ".kiln/manifest.sig")),
+                  "the archive is not signed")]
+        bad_jobs = []
+        for _, data, _ in cases:
+            dep = self.gitlab.enqueue_job(fixture="job_basic", tags=["nobody"])
+            self.gitlab.put_job_artifact(dep["id"], data)
+            bad_jobs.append(self.enqueue(["echo script-ran"], dependencies=[dep["id"]]))
+        states = self.run_kiln(config, [consumer] + bad_jobs)
+
+        c_trace = states[0]["trace"]
+        self.assertEqual(states[0]["state"], "success", c_trace)
+        self.assertIn(f"Verified the artifacts of {p_state['name']} ({producer['id']}): "
+                      f"3 files signed by key {self.key[2]}, job {producer['id']}, "
+                      f"commit {self.sha}", c_trace)
+        self.assertRegex(c_trace, r"\$ cat dist/app.*\nservice v1\n.*\$ readlink dist/lib/libx\.so"
+                                  r".*\nlibx\.so\.1\n")
+        again = self.gitlab.job_artifact(consumer["id"])
+        r = self.verify(again, self.key[1])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"job {consumer['id']}", r.stdout)
+        with zipfile.ZipFile(io.BytesIO(again)) as zf:
+            self.assertEqual(sum(n == ".kiln/manifest.json" for n in zf.namelist()), 1)
+        for (name, _, detail), state in zip(cases, states[1:]):
+            with self.subTest(name):
+                trace = state["trace"]
+                self.assertEqual(state["state"], "failed", trace)
+                self.assertEqual(state["failure_reason"], "script_failure")
+                self.assertNotIn("script-ran", trace)
+                self.assertRegex(trace, r"ERROR: the artifacts archive of .* does not verify: ")
+                self.assertIn(detail, trace)
+        # Nothing of a refused archive was extracted.
+        for root, _, files in os.walk(os.path.join(self.dir, "builds")):
+            self.assertNotIn("evil.sh", files, root)
+
+    def test_an_unusable_key_fails_the_job_with_its_file(self):
+        missing = os.path.join(self.dir, "missing.pem")
+        config = self.write_config(f'    key_file = "{missing}"\n')
+        job = self.enqueue(["echo script-ran"])
+        state, = self.run_kiln(config, [job])
+        self.assertEqual(state["state"], "failed", state["trace"])
+        self.assertEqual(state["failure_reason"], "runner_system_failure")
+        self.assertNotIn("script-ran", state["trace"])
+        self.assertIn(f"cannot read signing key {missing}: No such file or directory",
+                      state["trace"])
+
+
 if __name__ == "__main__":
     unittest.main()
