@@ -24,6 +24,7 @@
 #include "runner/gitlab/runner_info.hpp"
 #include "runner/gitlab/tokens.hpp"
 #include "runner/job.hpp"
+#include "runner/service/operations.hpp"
 #include "runner/system_id_state.hpp"
 #include "runner/util/logging.hpp"
 #include "runner/util/memory_trim.hpp"
@@ -175,6 +176,21 @@ public:
                        {{"config", options_.config_path.string()}});
             return 1;
         }
+        ops_ = std::make_unique<service::operations>(io_.get_executor(), system_id_.id);
+        ops_->set_runner_source([this] {
+            std::vector<service::runner_view> v;
+            for (const auto& r : runners_) {
+                v.push_back({r->short_token, r->entry.name, r->entry.limit, &r->api->statuses()});
+            }
+            return v;
+        });
+        ops_->set_concurrent(options_.settings.concurrent);
+        try {
+            ops_->start_http(options_.settings.listen_address);
+        } catch (const std::exception& e) {
+            log::error(e.what(), {{"config", options_.config_path.string()}});
+            return 1;
+        }
         log::info("Starting kiln",
                   {{"runners", static_cast<long>(runners_.size())},
                    {"concurrent", static_cast<long long>(options_.settings.concurrent)},
@@ -185,6 +201,7 @@ public:
         }
         asio::co_spawn(io_, watch_config(), asio::detached);
         asio::co_spawn(io_, wait_until_done(), asio::detached);
+        ops_->polling_started();
         schedule_trim();
         io_.run();
         log::info("kiln stopped", {{"jobs", static_cast<long long>(finished_jobs_)}});
@@ -281,6 +298,7 @@ private:
     asio::awaitable<void> wait_changed() { co_await changed_.async_wait(use_tuple); }
 
     void begin_stop(const char* why) {
+        ops_->stopping(terminating_);
         if (stopping_) {
             return;
         }
@@ -301,6 +319,7 @@ private:
         shutdown_timer_.cancel();
         trim_timer_.cancel();
         watch_timer_.cancel();
+        ops_->close();
         for (auto& r : runners_) {
             r->api->close_idle();
         }
@@ -437,6 +456,7 @@ private:
             ++changed;
         }
         options_.settings = std::move(next);
+        ops_->set_concurrent(options_.settings.concurrent);
         std::erase_if(retired_, [](const auto& r) { return r->running == 0 && r->waiting == 0 && r->pollers == 0; });
         log::info("config reloaded",
                   {{"trigger", why},
@@ -709,9 +729,11 @@ private:
         const auto id = job.id;
         auto control = std::make_shared<job_control>();
         jobs_[id] = control;
+        ops_->job_started(id, {r.short_token, r.entry.name, r.entry.limit, nullptr}, r.entry.executor,
+                          job.git.repo_url, control);
         job_context ctx{r.entry, *r.api, system_id_.id, cid};
         asio::co_spawn(io_, run_job(ctx, std::move(job), control),
-                       [this, rp, id, cid](std::exception_ptr e, job_outcome) {
+                       [this, rp, id, cid](std::exception_ptr e, job_outcome outcome) {
                            auto& r = *rp;
                            if (e) {
                                try {
@@ -722,6 +744,7 @@ private:
                                }
                            }
                            jobs_.erase(id);
+                           ops_->job_finished(id, outcome);
                            r.concurrent_ids.erase(cid);
                            --r.running;
                            --running_total_;
@@ -751,6 +774,7 @@ private:
     asio::steady_timer watch_timer_;
     asio::signal_set signals_;
     system_id_state system_id_;
+    std::unique_ptr<service::operations> ops_;
     file_signature config_signature_;
     std::vector<std::shared_ptr<runner_slot>> runners_;
     std::vector<std::shared_ptr<runner_slot>> retired_;  // removed by a reload, jobs still running

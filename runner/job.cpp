@@ -121,6 +121,7 @@ private:
         out(s);
     }
     void section_start(const std::string& name, std::string_view description) {
+        control_->stage = name;
         if (job_.features.trace_sections) {
             out("section_start:" + std::to_string(std::time(nullptr)) + ":" + name + "\r" +
                 std::string(erase_line));
@@ -704,6 +705,7 @@ asio::awaitable<bool> job_run::send_final_state() {
     }
     update.checksum = buffer_.checksum();
     update.bytesize = static_cast<std::int64_t>(buffer_.size());
+    outcome_.trace_bytes = buffer_.size();
 
     // GitLab itself stops waiting for the trace after 5 minutes.
     const auto give_up = std::chrono::steady_clock::now() + 5min;

@@ -21,6 +21,7 @@ struct job_outcome {
     gitlab::job_state state = gitlab::job_state::failed;
     std::string failure_reason;
     int exit_code = 0;
+    std::uint64_t trace_bytes = 0;  // the job log's final size
 };
 
 struct job_context {
@@ -40,6 +41,9 @@ public:
         }
     }
     void set_handler(std::function<void(bool)> h) { handler_ = std::move(h); }
+    /// The job's current stage ("prepare_executor", "get_sources", "step_script", ...), for
+    /// /debug/jobs/list and the gitlab_runner_jobs metric.
+    std::string stage;
 
 private:
     std::function<void(bool)> handler_;

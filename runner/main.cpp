@@ -158,6 +158,36 @@ int main(int argc, char** argv) {
         ->allow_extra_args(false);
     c_art_verify->callback([&] { rc = run_artifacts_verify(art_verify); });
 
+    service_options svc;
+    auto add_service_flags = [&](CLI::App* cmd, bool install) {
+        add_global_options(cmd, g);
+        cmd->add_option("-n,--service", svc.service, "Service (systemd unit) name")
+            ->envname("SERVICE_NAME");
+        if (install) {
+            cmd->add_option("-d,--working-directory", svc.working_directory,
+                            "Working directory of the service (default /var/lib/kiln)");
+            cmd->add_option("-u,--user", svc.user, "User to run the service as (default root)");
+            cmd->add_option("--unit-dir", svc.unit_dir,
+                            "Where to write the unit (default /etc/systemd/system)");
+        } else {
+            cmd->add_option("--unit-dir", svc.unit_dir, "Where the unit is (default /etc/systemd/system)");
+        }
+    };
+    auto* c_install = app.add_subcommand("install", "Install kiln as a systemd service");
+    add_service_flags(c_install, true);
+    c_install->callback([&] { rc = run_install(g, svc); });
+    auto* c_uninstall = app.add_subcommand("uninstall", "Stop, disable and remove the service");
+    add_service_flags(c_uninstall, false);
+    c_uninstall->callback([&] { rc = run_uninstall(g, svc); });
+    for (const char* verb : {"start", "stop", "restart", "status"}) {
+        const std::string v = verb;
+        auto* c = app.add_subcommand(v, v == "status" ? "Show whether the service runs (exit 0 if so)"
+                                        : v == "stop" ? "Stop the service (drains running jobs)"
+                                                      : v + " the service");
+        add_service_flags(c, false);
+        c->callback([&, v] { rc = run_service_control(v, g, svc); });
+    }
+
     // CLI11 would only say "A subcommand is required" for a mistyped command.
     if (argc > 1 && argv[1][0] != '-') {
         bool known = false;

@@ -15,6 +15,8 @@ packages=(
   python3 git openssl ca-certificates procps
   # archive tests and benchmark: independent zip/unzip, pigz and zstd to compare and verify with
   zip unzip pigz zstd
+  # tests: a strict Prometheus text-format parser (/metrics), systemd-analyze (the unit), dpkg-dev (the .deb)
+  python3-prometheus-client systemd dpkg-dev
 )
 
 missing=()

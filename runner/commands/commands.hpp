@@ -84,4 +84,17 @@ struct artifacts_verify_options {
 /// manifest verifies, 1 and one ERROR line otherwise.
 int run_artifacts_verify(const artifacts_verify_options& o);
 
+/// install/uninstall/start/stop/restart/status (gitlab-runner's flags).
+struct service_options {
+    std::string service = "kiln";        // --service/-n: the unit's name
+    std::string working_directory;       // --working-directory/-d (install)
+    std::string user;                    // --user/-u (install); empty: root
+    std::string unit_dir = "/etc/systemd/system";  // --unit-dir: for image builds and chroots
+};
+int run_install(const global_options& g, const service_options& o);
+int run_uninstall(const global_options& g, const service_options& o);
+/// verb: start, stop, restart or status (exit 0 only while the service runs).
+int run_service_control(const std::string& verb, const global_options& g,
+                        const service_options& o);
+
 }  // namespace kiln::commands

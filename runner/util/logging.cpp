@@ -1,5 +1,7 @@
 #include "runner/util/logging.hpp"
 
+#include <atomic>
+
 #include <unistd.h>
 
 #include <chrono>
@@ -92,7 +94,16 @@ bool setup(std::string_view level_name_text, std::string_view fmt) {
 
 bool enabled(level l) { return l >= global().min; }
 
+namespace {
+// Counted on the I/O thread and read by the metrics endpoint on the same thread; atomic
+// because blocking-pool threads may log too.
+std::atomic<unsigned long long> line_counts[4];
+}  // namespace
+
+unsigned long long written(level l) { return line_counts[static_cast<int>(l)].load(std::memory_order_relaxed); }
+
 void write(level l, std::string_view message, fields f) {
+    line_counts[static_cast<int>(l)].fetch_add(1, std::memory_order_relaxed);
     auto& s = global();
     if (l < s.min) {
         return;

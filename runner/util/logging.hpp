@@ -30,6 +30,8 @@ using fields = std::initializer_list<field>;
 bool setup(std::string_view level_name, std::string_view format);
 
 bool enabled(level l);
+/// Lines written at `l` since start, also those below the configured level (for metrics).
+unsigned long long written(level l);
 /// Fields with an empty value are left out of the line.
 void write(level l, std::string_view message, fields f = {});
 
