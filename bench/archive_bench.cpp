@@ -34,6 +34,7 @@ namespace {
 
 struct run_result {
     double seconds = 0;
+    double cpu_seconds = 0;  // user + system, the child and what it waited for
     long max_rss_kib = 0;
     int status = 0;
 };
@@ -55,37 +56,30 @@ run_result timed(const std::vector<std::string>& argv) {
     run_result r;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     r.max_rss_kib = ru.ru_maxrss;
+    r.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                    static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
     return r;
 }
 
-std::vector<archive_entry> walk(const fs::path& root) {
-    std::vector<archive_entry> entries;
-    const std::size_t prefix = root.string().size() + 1;
-    for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it) {
-        // (fs::relative would canonicalise every path: a readlink per component.)
-        std::string name = it->path().string().substr(prefix);
-        if (it->symlink_status().type() == fs::file_type::directory) name += '/';
-        entries.push_back({name, it->path()});
-    }
-    return entries;
-}
-
+// The archiving a job does: walk the tree and zip it, entries streamed from the walk.
 int write_zip_child(const fs::path& tree, const fs::path& out, const std::string& level, unsigned threads) {
     zip_options o;
     o.level = parse_compression_level(level);
     o.threads = threads;
-    auto t0 = std::chrono::steady_clock::now();
-    auto entries = walk(tree);
-    if (std::getenv("ARCHIVE_BENCH_RSS")) {
-        std::fprintf(stderr, "walk: %.3f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        FILE* f = std::fopen("/proc/self/status", "r");
-        char line[256];
-        while (std::fgets(line, sizeof line, f))
-            if (std::strncmp(line, "VmRSS", 5) == 0) std::fprintf(stderr, "after the walk: %s", line);
-        std::fclose(f);
-    }
-    archive_stats s = write_zip(entries, out, o);
+    const std::size_t prefix = tree.string().size() + 1;
+    auto it = fs::recursive_directory_iterator(tree);
+    archive_stats s = write_zip(
+        [&](archive_entry& e) {
+            if (it == fs::recursive_directory_iterator()) return false;
+            // (fs::relative would canonicalise every path: a readlink per component.)
+            e.name = it->path().string().substr(prefix);
+            if (it->symlink_status().type() == fs::file_type::directory) e.name += '/';
+            e.source = it->path();
+            ++it;
+            return true;
+        },
+        out, o);
     return s.archive_bytes > 0 ? 0 : 1;
 }
 
@@ -164,7 +158,16 @@ int main(int argc, char** argv) {
     warm(tree);
     std::printf("tree: %.1f MB in %zu files (%s); %u compression threads; best of %d runs\n", bytes / 1e6, files,
                 tree.c_str(), threads, runs);
-    std::printf("%-34s %9s %8s %12s %7s %10s\n", "archiver", "seconds", "MB/s", "compressed", "ratio", "peak RSS");
+    std::printf("load average before: %s", [] {
+        char buf[128] = "?\n";
+        if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+            if (!std::fgets(buf, sizeof buf, f)) buf[0] = 0;
+            std::fclose(f);
+        }
+        return std::string(buf);
+    }().c_str());
+    std::printf("%-28s %8s %7s %8s %11s %6s %10s\n", "archiver", "wall s", "MB/s", "CPU s", "compressed", "ratio",
+                "peak RSS");
 
     auto report = [&](const std::string& name, const std::vector<std::string>& argv, const fs::path& out) {
         run_result best;
@@ -173,14 +176,15 @@ int main(int argc, char** argv) {
             fs::remove(out);
             run_result r = timed(argv);
             if (r.status != 0) {
-                std::printf("%-34s failed (exit %d)\n", name.c_str(), r.status);
+                std::printf("%-28s failed (exit %d)\n", name.c_str(), r.status);
                 return std::uint64_t{0};
             }
             if (r.seconds < best.seconds) best = r;
         }
         std::uint64_t size = fs::file_size(out);
-        std::printf("%-34s %9.3f %8.0f %10.1f MB %7.3f %7.1f MiB\n", name.c_str(), best.seconds, bytes / 1e6 / best.seconds,
-                    size / 1e6, static_cast<double>(size) / static_cast<double>(bytes), best.max_rss_kib / 1024.0);
+        std::printf("%-28s %8.3f %7.0f %8.3f %8.1f MB %6.3f %6.1f MiB\n", name.c_str(), best.seconds,
+                    bytes / 1e6 / best.seconds, best.cpu_seconds, size / 1e6,
+                    static_cast<double>(size) / static_cast<double>(bytes), best.max_rss_kib / 1024.0);
         std::fflush(stdout);
         return size;
     };

@@ -90,8 +90,12 @@ output_file::output_file(const std::filesystem::path& path) : path_(path) {
     buffer_.reserve(buffer_capacity);
 }
 
+output_file::output_file(int fd) : path_("the archive output"), fd_(fd), owned_(false) {
+    buffer_.reserve(buffer_capacity);
+}
+
 output_file::~output_file() {
-    if (fd_ >= 0) ::close(fd_);
+    if (fd_ >= 0 && owned_) ::close(fd_);
 }
 
 void output_file::write_direct(const unsigned char* p, std::size_t len) {
@@ -124,6 +128,7 @@ void output_file::write(const void* data, std::size_t len) {
 
 void output_file::close() {
     flush();
+    if (!owned_) return;
     int fd = fd_;
     fd_ = -1;
     if (::close(fd) != 0) throw std::system_error(errno, std::generic_category(), "cannot write " + path_.string());

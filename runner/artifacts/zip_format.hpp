@@ -34,10 +34,12 @@ struct entry_record {
 /// incompressible data a little, so decide with a margin.
 bool needs_zip64_local(std::uint64_t size);
 
-/// Buffered sequential output to a file.
+/// Buffered, strictly sequential output (never seeks, so a pipe works too).
 class output_file {
 public:
     explicit output_file(const std::filesystem::path& path);
+    /// Writes to a descriptor the caller owns (not closed here).
+    explicit output_file(int fd);
     ~output_file();
     output_file(const output_file&) = delete;
     output_file& operator=(const output_file&) = delete;
@@ -52,6 +54,7 @@ private:
 
     std::filesystem::path path_;
     int fd_ = -1;
+    bool owned_ = true;
     std::vector<unsigned char> buffer_;
     std::uint64_t written_ = 0;
 };

@@ -196,8 +196,8 @@ private:
 
 class zip_writer {
 public:
-    zip_writer(const std::filesystem::path& out, const zip_options& options)
-        : options_(options), out_(out) {
+    template <class Output>
+    zip_writer(const Output& out, const zip_options& options) : options_(options), out_(out) {
         unsigned threads = options.threads ? options.threads : std::thread::hardware_concurrency();
         threads = std::clamp(threads, 1u, 64u);
         // One task per worker plus one being filled and one being written: enough to keep the
@@ -212,8 +212,10 @@ public:
         for (auto& t : inflight_) pool_->wait(t.get());
     }
 
-    archive_stats run(const std::vector<archive_entry>& entries) {
-        for (const auto& e : entries) add(e);
+    // next() returns the next entry or nullptr at the end.
+    template <class Next>
+    archive_stats run(Next next) {
+        while (const archive_entry* e = next()) add(*e);
         submit_current();
         while (!inflight_.empty()) write_front();
         if (options_.trailer) {
@@ -464,16 +466,43 @@ private:
 
 }  // namespace
 
-archive_stats write_zip(const std::vector<archive_entry>& entries, const std::filesystem::path& out,
-                        const zip_options& options) {
+namespace {
+
+template <class Next>
+archive_stats write_zip_to_path(Next next, const std::filesystem::path& out, const zip_options& options) {
     try {
         zip_writer w(out, options);
-        return w.run(entries);
+        return w.run(next);
     } catch (...) {
         std::error_code ignored;
         std::filesystem::remove(out, ignored);  // never leave a half-written archive behind
         throw;
     }
+}
+
+struct from_function {
+    const std::function<bool(archive_entry&)>* next;
+    archive_entry entry;
+    const archive_entry* operator()() { return (*next)(entry) ? &entry : nullptr; }
+};
+
+}  // namespace
+
+archive_stats write_zip(const std::vector<archive_entry>& entries, const std::filesystem::path& out,
+                        const zip_options& options) {
+    auto it = entries.begin();
+    return write_zip_to_path([&]() -> const archive_entry* { return it == entries.end() ? nullptr : &*it++; }, out,
+                             options);
+}
+
+archive_stats write_zip(const std::function<bool(archive_entry&)>& next, const std::filesystem::path& out,
+                        const zip_options& options) {
+    return write_zip_to_path(from_function{&next, {}}, out, options);
+}
+
+archive_stats write_zip(const std::function<bool(archive_entry&)>& next, int out_fd, const zip_options& options) {
+    zip_writer w(out_fd, options);
+    return w.run(from_function{&next, {}});
 }
 
 }  // namespace kiln::artifacts

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <map>
+#include <thread>
 #include <system_error>
 
 #include "archive_test_util.hpp"
@@ -261,4 +262,34 @@ TEST_CASE("write_tar_zstd writes a tar.zst that read_archive and extract_archive
     auto [rc, out] = run("zstd -V >/dev/null 2>&1 || exit 0; tar --zstd -tf " + quote(tz) + " | wc -l");
     INFO(out);
     CHECK(rc == 0);
+}
+
+TEST_CASE("write_zip streams entries from a generator into a pipe, byte for byte the same archive", "[artifacts]") {
+    sample_tree t;
+    fs::path zip = t.dir.path / "from-list.zip";
+    zip_options o;
+    o.threads = 2;
+    write_zip(t.entries, zip, o);
+
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    std::string piped;
+    std::thread reader([&] {
+        char buf[65536];
+        ssize_t n;
+        while ((n = ::read(fds[0], buf, sizeof buf)) > 0) piped.append(buf, static_cast<std::size_t>(n));
+        ::close(fds[0]);
+    });
+    std::size_t i = 0;
+    archive_stats s = write_zip(
+        [&](archive_entry& e) {
+            if (i == t.entries.size()) return false;
+            e = t.entries[i++];
+            return true;
+        },
+        fds[1], o);
+    ::close(fds[1]);
+    reader.join();
+    CHECK(s.archive_bytes == piped.size());
+    CHECK(piped == read_file(zip));
 }
