@@ -42,6 +42,10 @@ void line(const stage_context& ctx, std::string_view color, std::string_view tex
     ctx.out(s);
 }
 
+std::string count(std::uint64_t n, const char* noun) {
+    return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
 std::string env_value(const stage_context& ctx, std::string_view key) {
     std::string value;
     for (const auto& [k, v] : ctx.env) {
@@ -328,7 +332,11 @@ asio::awaitable<stage_outcome> download_artifacts_stage(stage_context ctx) {
     for (const auto* dep : deps) {
         line(ctx, ansi_bold_green,
              "Downloading artifacts for " + dep->name + " (" + std::to_string(dep->id) + ")...");
-        const fs::path file = ctx.scratch_dir / ("dependency-" + std::to_string(dep->id) + ".archive");
+        // Named as GitLab names it, so messages about its entries say which archive it was.
+        const fs::path dep_dir = ctx.scratch_dir / ("dependency-" + std::to_string(dep->id));
+        fs::create_directories(dep_dir, ec);
+        auto base = fs::path(dep->artifacts->filename).filename();
+        const fs::path file = dep_dir / (base.empty() || base == ".." ? fs::path("artifacts.zip") : base);
         const std::string token = dep->token.empty() ? ctx.job.token : dep->token;
         std::string failure;
         bool downloaded = false;
@@ -360,7 +368,7 @@ asio::awaitable<stage_outcome> download_artifacts_stage(stage_context ctx) {
             }
         }
         if (!downloaded) {
-            fs::remove(file, ec);
+            fs::remove_all(dep_dir, ec);
             line(ctx, ansi_bold_red, "ERROR: Downloading artifacts from coordinator... " + failure);
             outcome.ok = false;
             outcome.message = "downloading the artifacts of " + dep->name + " (" +
@@ -376,7 +384,7 @@ asio::awaitable<stage_outcome> download_artifacts_stage(stage_context ctx) {
             auto check = [verify, file, dep] { return verify(file, *dep); };
             auto checked = co_await util::run_blocking(std::move(check));
             if (!checked.ok) {
-                fs::remove(file, ec);
+                fs::remove_all(dep_dir, ec);
                 line(ctx, ansi_bold_red, "ERROR: the artifacts archive of " + dep->name + " (" +
                                              std::to_string(dep->id) +
                                              ") does not verify: " + checked.message);
@@ -394,7 +402,7 @@ asio::awaitable<stage_outcome> download_artifacts_stage(stage_context ctx) {
         const fs::path dest = ctx.project_dir;
         auto extract = [file, dest, limits] { return extract_archive(file, dest, limits); };
         auto result = co_await util::run_blocking(std::move(extract));
-        fs::remove(file, ec);
+        fs::remove_all(dep_dir, ec);
         if (!result.ok) {
             line(ctx, ansi_bold_red,
                  "ERROR: the artifacts archive of " + dep->name + " (" + std::to_string(dep->id) +
@@ -405,7 +413,7 @@ asio::awaitable<stage_outcome> download_artifacts_stage(stage_context ctx) {
                               std::to_string(dep->id) + ") was refused: " + result.error;
             break;
         }
-        line(ctx, "", "Extracted " + std::to_string(result.files) + " files (" +
+        line(ctx, "", "Extracted " + count(result.files, "file") + " (" +
                           format_size(result.bytes) + ") from " + dep->artifacts->filename);
     }
     ctx.section_end(section);
@@ -504,7 +512,7 @@ asio::awaitable<stage_outcome> upload_artifacts_stage(stage_context ctx, bool jo
             break;
         }
         line(ctx, "", what + "201 Created  id=" + std::to_string(ctx.job.id) + " " + file_name +
-                          ": " + std::to_string(b.files) + " files, " +
+                          ": " + count(b.files, "file") + ", " +
                           format_size(b.content_bytes) + " in " + format_size(b.archive_bytes) +
                           (a->expire_in.empty() ? std::string() : ", expire_in=" + a->expire_in));
         if (sign_zip && !ctx.signed_note.empty()) {
@@ -522,7 +530,7 @@ asio::awaitable<stage_outcome> upload_artifacts_stage(stage_context ctx, bool jo
         }
         line(ctx, "", "Uploaded " + std::to_string(uploaded) + " artifact" +
                           (uploaded == 1 ? "" : "s") + " (" + list + "): " +
-                          std::to_string(uploaded_files) + " files, " + format_size(uploaded_bytes));
+                          count(uploaded_files, "file") + ", " + format_size(uploaded_bytes));
     }
     ctx.section_end(section);
     co_return outcome;
