@@ -5,9 +5,10 @@ A release kiln runs one shell job against the GitLab emulator over HTTPS. The jo
 `--mb` files of 1 MiB of random bytes (incompressible, so the zip and the upload are as big as
 the tree) under data/ and declares `artifacts: paths: [data/]`. While the job runs, VmRSS of
 the kiln process is sampled every 10 ms from /proc/PID/status; VmHWM (the kernel's own peak)
-is read at the end. The upload's start and end come from kiln's trace (the
-upload_artifacts_on_success section), so the peak during the upload itself is reported apart
-from the peak while zipping.
+is read at the end. The sampler also watches the zip in the job's .tmp directory: while it
+grows kiln is zipping, while it has its final size kiln is uploading it (it is removed after
+the upload), so the peak during the upload itself is reported apart from the peak while
+zipping.
 
 usage: bench/artifact_upload_rss.py [--mb 300] [--kiln build/release/runner/kiln]
 """
@@ -74,27 +75,32 @@ def main():
         log = open(os.path.join(work, "kiln.log"), "w")
         proc = subprocess.Popen([args.kiln, "run", "--config", config, "--max-jobs", "1"],
                                 stdout=log, stderr=subprocess.STDOUT)
-        samples = []  # (monotonic, VmRSS KiB)
+        samples = []  # (monotonic, VmRSS KiB, size of the zip being written or uploaded)
         done = threading.Event()
+        tmp = os.path.join(work, "builds")
+
+        def zip_size():
+            # <builds>/<token>/<slot>/<project>.tmp/artifacts-1-archive.zip while zipping and
+            # uploading; removed once the upload is done.
+            for root, _, files in os.walk(tmp):
+                for f in files:
+                    if f.startswith("artifacts-") and f.endswith(".zip"):
+                        try:
+                            return os.stat(os.path.join(root, f)).st_size
+                        except OSError:
+                            return None
+            return None
 
         def sample():
             while not done.is_set():
-                samples.append((time.monotonic(), status_kib(proc.pid, "VmRSS")))
+                samples.append((time.monotonic(), status_kib(proc.pid, "VmRSS"), zip_size()))
                 time.sleep(0.01)
         t = threading.Thread(target=sample)
         t.start()
-        # The trace tells when the upload stage starts and ends; poll it alongside.
-        marks = {}
         started = time.monotonic()
         hwm = 0
         while proc.poll() is None:
             hwm = max(hwm, status_kib(proc.pid, "VmHWM"))
-            trace = gitlab.job_trace(job["id"]).decode("utf-8", "replace")
-            now = time.monotonic()
-            if "Uploading artifacts..." in trace and "zip_start" not in marks:
-                marks["zip_start"] = now
-            if "Uploading artifacts as" in trace and "upload_end" not in marks:
-                marks["upload_end"] = now
             time.sleep(0.2)
         done.set()
         t.join()
@@ -108,16 +114,24 @@ def main():
             entries = len(zf.namelist())
         reqs = gitlab.requests(path=f"/api/v4/jobs/{job['id']}/artifacts", method="POST")
         upload_s = sum(r.get("duration") or 0 for r in reqs)
-        peak = max(r for _, r in samples)
-        zip_start = marks.get("zip_start", started)
-        during = [r for ts, r in samples if ts >= zip_start - 0.2]
-        m = re.search(r"artifacts\.zip: (\d+) files, ([\d.]+ \w+) in ([\d.]+ \w+)", state["trace"])
+        peak = max(r for _, r, _ in samples)
+        # Zipping: the file exists and is smaller than the final archive; uploading: it has its
+        # final size (the central directory is written last) until kiln removes it.
+        first_zip = next((i for i, (_, _, z) in enumerate(samples) if z is not None),
+                         len(samples))
+        before = [r for _, r, _ in samples[:first_zip]]
+        zipping = [r for _, r, z in samples if z is not None and z < len(archive)]
+        uploading = [r for _, r, z in samples if z == len(archive)]
+        m = re.search(r"\S+\.zip: (\d+) files, ([\d.]+ \w+) in ([\d.]+ \w+)", state["trace"])
         print(f"artifact: {args.mb} MiB of random files -> {len(archive) / MIB:.1f} MiB zip "
               f"({entries} entries; kiln says {m.group(0) if m else '?'})")
         print(f"job: {elapsed:.1f} s in all; upload request {upload_s:.1f} s (emulator side)")
-        print(f"kiln VmRSS: peak {peak / 1024:.1f} MiB over the job, "
-              f"{max(during) / 1024 if during else 0:.1f} MiB from the artifact stage on "
-              f"({len(samples)} samples every 10 ms)")
+        def peak_of(xs):
+            return f"{max(xs) / 1024:.1f} MiB ({len(xs)} samples)" if xs else "n/a (no samples)"
+        print(f"kiln VmRSS: peak {peak / 1024:.1f} MiB over the job ({len(samples)} samples "
+              f"every 10 ms); before the artifact stage {peak_of(before)}; while zipping "
+              f"{peak_of(zipping)}; while uploading "
+              f"{peak_of(uploading)}")
         print(f"kiln VmHWM: {hwm / 1024:.1f} MiB (kernel peak, includes start-up)")
         verdict = "met" if hwm <= 32 * 1024 else "NOT met"
         print(f"target RSS <= 32 MiB during a {args.mb} MB upload: {verdict}")

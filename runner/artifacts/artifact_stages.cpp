@@ -1,6 +1,7 @@
 #include "runner/artifacts/artifact_stages.hpp"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -274,6 +275,9 @@ prepared_upload prepare_upload(const gitlab::artifact_spec& a, const std::string
     } catch (const std::exception& e) {
         b.error = e.what();
     }
+    // The compression workers' buffers are freed by now but stay in their malloc arenas; give
+    // them back so the upload (and the rest of the job) runs at the daemon's usual size.
+    ::malloc_trim(0);
     return p;
 }
 
