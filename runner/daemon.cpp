@@ -16,6 +16,8 @@
 #include <list>
 #include <map>
 #include <random>
+#include <ctime>
+#include <limits>
 #include <set>
 
 #include "config/loader.hpp"
@@ -25,7 +27,10 @@
 #include "runner/gitlab/tokens.hpp"
 #include "runner/job.hpp"
 #include "runner/service/operations.hpp"
+#include "runner/spool.hpp"
+#include "runner/util/blocking.hpp"
 #include "runner/system_id_state.hpp"
+#include "runner/trace/trace_streamer.hpp"
 #include "runner/util/logging.hpp"
 #include "runner/util/memory_trim.hpp"
 
@@ -153,8 +158,9 @@ class daemon {
 public:
     explicit daemon(daemon_options o)
         : options_(std::move(o)), changed_(io_), shutdown_timer_(io_), trim_timer_(io_),
-          watch_timer_(io_), signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
+          watch_timer_(io_), closing_(io_), signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
         changed_.expires_at(asio::steady_timer::time_point::max());
+        closing_.expires_at(asio::steady_timer::time_point::max());
         signals_.add(SIGHUP);
     }
 
@@ -202,6 +208,8 @@ public:
         asio::co_spawn(io_, watch_config(), asio::detached);
         asio::co_spawn(io_, wait_until_done(), asio::detached);
         ops_->polling_started();
+        spool_dir_ = spool::directory(options_.config_path, options_.settings.spool_dir);
+        deliver_spooled_at_start();
         schedule_trim();
         io_.run();
         log::info("kiln stopped", {{"jobs", static_cast<long long>(finished_jobs_)}});
@@ -320,6 +328,9 @@ private:
         trim_timer_.cancel();
         watch_timer_.cancel();
         ops_->close();
+        // Spooled final states not delivered yet stay on disk for the next start.
+        closed_ = true;
+        closing_.cancel();
         for (auto& r : runners_) {
             r->api->close_idle();
         }
@@ -732,6 +743,10 @@ private:
         ops_->job_started(id, {r.short_token, r.entry.name, r.entry.limit, nullptr}, r.entry.executor,
                           job.git.repo_url, control);
         job_context ctx{r.entry, *r.api, system_id_.id, cid};
+        ctx.spool_final = [this, entry = r.entry](std::int64_t job_id, gitlab::job_update u,
+                                                  std::string trace) {
+            return spool_final_state(entry, job_id, std::move(u), std::move(trace));
+        };
         asio::co_spawn(io_, run_job(ctx, std::move(job), control),
                        [this, rp, id, cid](std::exception_ptr e, job_outcome outcome) {
                            auto& r = *rp;
@@ -766,12 +781,203 @@ private:
         }
     }
 
+    // ---- the spool: final states GitLab did not take ------------------------------------------
+
+    asio::awaitable<bool> spool_final_state(config::runner_entry runner, std::int64_t job_id,
+                                            gitlab::job_update update, std::string trace) {
+        spool::entry e;
+        e.job_id = job_id;
+        e.job_token = update.token;
+        e.url = runner.url;
+        e.tls_ca_file = runner.tls_ca_file;
+        e.tls_cert_file = runner.tls_cert_file;
+        e.tls_key_file = runner.tls_key_file;
+        e.executor = runner.executor;
+        e.shell = runner.shell;
+        e.runner = gitlab::short_token(runner.token);
+        e.update = std::move(update);
+        e.spooled_at = static_cast<std::int64_t>(::time(nullptr));
+        const auto dir = spool_dir_;
+        std::string error;
+        std::optional<spool::stored> stored;
+        stored = co_await util::run_blocking([&]() -> std::optional<spool::stored> {
+            try {
+                return spool::write(dir, e, trace);
+            } catch (const std::exception& ex) {
+                error = ex.what();
+                return std::nullopt;
+            }
+        });
+        if (!stored) {
+            log::error("cannot spool the final job state (kiln keeps trying to send it): " + error,
+                       {{"job", job_id}});
+            co_return false;
+        }
+        log::warn("GitLab did not take the final job state: spooled, it is delivered when GitLab "
+                  "answers again",
+                  {{"job", job_id}, {"runner", e.runner}, {"spool", dir.string()}});
+        start_delivery(std::move(*stored));
+        co_return true;
+    }
+
+    void deliver_spooled_at_start() {
+        std::vector<std::string> problems;
+        auto all = spool::load_all(spool_dir_, problems);
+        for (const auto& p : problems) {
+            log::error("unreadable spool entry left alone: " + p);
+        }
+        const auto now = static_cast<std::int64_t>(::time(nullptr));
+        for (auto& s : all) {
+            if (s.e.spooled_at > 0 && now - s.e.spooled_at > spool::max_age_seconds) {
+                log::error("dropping a spooled final state older than 7 days",
+                           {{"job", s.e.job_id}, {"runner", s.e.runner}});
+                spool::remove(s);
+                continue;
+            }
+            log::info("delivering a spooled final job state", {{"job", s.e.job_id},
+                                                                {"runner", s.e.runner}});
+            start_delivery(std::move(s));
+        }
+    }
+
+    void start_delivery(spool::stored s) {
+        if (closed_ || delivering_.count(s.e.job_id) != 0) {
+            return;
+        }
+        delivering_.insert(s.e.job_id);
+        asio::co_spawn(io_, deliver(std::move(s)), [this](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    log::error(std::string("delivering a spooled job state stopped: ") + ex.what());
+                }
+            }
+        });
+    }
+
+    // Retries with capped, jittered backoff until GitLab takes the state (200) or no longer
+    // wants it (403/404, Job-Status canceled|failed), then removes the entry. Before each PUT
+    // the trace is PATCHed from where GitLab stands (416 says where), since GitLab answers 202
+    // until it has the whole trace.
+    asio::awaitable<void> deliver(spool::stored s) {
+        using namespace asio::experimental::awaitable_operators;
+        std::unique_ptr<gitlab::client> api;
+        gitlab::client_config cfg;
+        cfg.url = s.e.url;
+        cfg.tls = {s.e.tls_ca_file, s.e.tls_cert_file, s.e.tls_key_file};
+        try {
+            api = std::make_unique<gitlab::client>(io_.get_executor(), cfg);
+        } catch (const std::exception& ex) {
+            log::error(std::string("cannot deliver a spooled job state: ") + ex.what(),
+                       {{"job", s.e.job_id}, {"runner", s.e.runner}});
+            delivering_.erase(s.e.job_id);
+            co_return;
+        }
+        config::runner_entry as_runner;
+        as_runner.executor = s.e.executor;
+        as_runner.shell = s.e.shell;
+        api->set_info(info_for(as_runner));
+        std::mt19937_64 rng{std::random_device{}()};
+        std::int64_t offset = s.e.trace_offset;
+        int errors = 0;
+        while (!closed_) {
+            std::chrono::milliseconds wait{0};
+            bool done = false;
+            std::string trace;
+            try {
+                trace = co_await util::run_blocking([&s] { return spool::read_trace(s); });
+            } catch (const std::exception& ex) {
+                log::error(std::string("spooled trace unreadable, sending the state alone: ") +
+                               ex.what(),
+                           {{"job", s.e.job_id}});
+                offset = std::numeric_limits<std::int64_t>::max();
+            }
+            bool reached = true;
+            while (reached && offset < static_cast<std::int64_t>(trace.size()) && !closed_) {
+                auto chunk = trace.substr(static_cast<std::size_t>(offset), trace::max_patch_bytes);
+                auto p = co_await (api->patch_trace(s.e.job_id, s.e.job_token, std::move(chunk),
+                                                    offset, false) ||
+                                   closing_.async_wait(use_tuple));
+                if (p.index() == 1) {
+                    co_return;
+                }
+                auto& pr = std::get<0>(p);
+                if (!pr.reached() || pr.value.status == gitlab::patch_status::failed) {
+                    reached = false;
+                    break;
+                }
+                if (pr.value.status == gitlab::patch_status::succeeded ||
+                    pr.value.status == gitlab::patch_status::range_mismatch) {
+                    offset = std::min<std::int64_t>(pr.value.new_offset,
+                                                    static_cast<std::int64_t>(trace.size()));
+                    if (pr.value.status == gitlab::patch_status::range_mismatch &&
+                        pr.value.new_offset > static_cast<std::int64_t>(trace.size())) {
+                        break;  // GitLab holds more than kiln has: nothing left to send
+                    }
+                    continue;
+                }
+                break;  // abort / not found: the PUT tells what became of the job
+            }
+            if (reached && !closed_) {
+                auto u = co_await (api->update_job(s.e.job_id, s.e.update) ||
+                                   closing_.async_wait(use_tuple));
+                if (u.index() == 1) {
+                    co_return;
+                }
+                auto& ur = std::get<0>(u);
+                if (ur.reached()) {
+                    switch (ur.value.status) {
+                        case gitlab::update_status::succeeded:
+                            log::info("delivered a spooled final job state",
+                                      {{"job", s.e.job_id}, {"runner", s.e.runner}});
+                            done = true;
+                            break;
+                        case gitlab::update_status::abort:
+                            log::warn("GitLab no longer takes this job's state (canceled, "
+                                      "failed or gone): spool entry removed",
+                                      {{"job", s.e.job_id}, {"runner", s.e.runner}});
+                            done = true;
+                            break;
+                        case gitlab::update_status::accepted:
+                            errors = 0;
+                            wait = ur.value.update_interval.value_or(1s);
+                            break;
+                        case gitlab::update_status::trace_validation_failed:
+                            offset = 0;
+                            break;
+                        case gitlab::update_status::failed:
+                            reached = false;
+                            break;
+                    }
+                } else {
+                    reached = false;
+                }
+            }
+            if (done) {
+                co_await util::run_blocking([&s] { spool::remove(s); });
+                break;
+            }
+            if (!reached) {
+                wait = gitlab::full_jitter_backoff(errors++, 1s, 30s,
+                                                   std::uniform_real_distribution<>(0, 1)(rng));
+            }
+            if (wait.count() > 0 && !closed_) {
+                asio::steady_timer t(io_, wait);
+                co_await (t.async_wait(use_tuple) || closing_.async_wait(use_tuple));
+            }
+        }
+        delivering_.erase(s.e.job_id);
+        api->close_idle();
+    }
+
     daemon_options options_;
     asio::io_context io_;
     asio::steady_timer changed_;
     asio::steady_timer shutdown_timer_;
     asio::steady_timer trim_timer_;
     asio::steady_timer watch_timer_;
+    asio::steady_timer closing_;  // cancelled when the daemon exits: spool deliveries stop
     asio::signal_set signals_;
     system_id_state system_id_;
     std::unique_ptr<service::operations> ops_;
@@ -784,6 +990,9 @@ private:
     std::int64_t waiting_total_ = 0;
     std::int64_t finished_jobs_ = 0;
     int stray_updates_ = 0;
+    std::filesystem::path spool_dir_;
+    std::set<std::int64_t> delivering_;
+    bool closed_ = false;
     int pollers_ = 0;
     bool stopping_ = false;
     bool terminating_ = false;

@@ -714,6 +714,7 @@ asio::awaitable<bool> job_run::send_final_state() {
         co_await streamer_.flush();
         auto r = co_await ctx_.api.update_job(job_.id, update);
         std::chrono::milliseconds wait{};
+        bool failed = !r.reached();
         if (r.reached()) {
             switch (r.value.status) {
                 case gitlab::update_status::succeeded:
@@ -726,6 +727,7 @@ asio::awaitable<bool> job_run::send_final_state() {
                     streamer_.restart_from_zero();
                     break;
                 case gitlab::update_status::failed:
+                    failed = true;
                     wait = std::min<std::chrono::milliseconds>(1s * (1 << std::min(backoff++, 6)), 60s);
                     break;
             }
@@ -733,6 +735,15 @@ asio::awaitable<bool> job_run::send_final_state() {
             log::warn("sending the final job state failed: " + r.transport.message,
                       {{"job", job_.id}});
             wait = std::min<std::chrono::milliseconds>(1s * (1 << std::min(backoff++, 6)), 60s);
+        }
+        // GitLab is down or failing: the spool delivers the state when it is back, even
+        // after a restart, and this job's slot is free meanwhile.
+        if (failed && ctx_.spool_final) {
+            auto trace = buffer_.contents();
+            const bool spooled = co_await ctx_.spool_final(job_.id, update, std::move(trace));
+            if (spooled) {
+                co_return false;
+            }
         }
         asio::steady_timer t(ex_, wait);
         co_await t.async_wait(use_tuple);

@@ -29,6 +29,11 @@ struct job_context {
     gitlab::client& api;
     std::string system_id;
     int concurrent_id = 0;
+    /// Takes over a final state GitLab did not accept (unreachable, failing): writes it with
+    /// the trace to the spool for later delivery. False: it could not; keep trying here.
+    std::function<boost::asio::awaitable<bool>(std::int64_t job_id, gitlab::job_update update,
+                                               std::string trace)>
+        spool_final;
 };
 
 /// Handle to ask a running job to stop from outside (daemon shutdown).

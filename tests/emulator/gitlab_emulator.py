@@ -430,6 +430,7 @@ class GitLab:
         self.fixtures_dir = fixtures_dir
         self.object_secret = secrets.token_bytes(16)
         self.closing = False
+        self.outage_hook: Callable[[float], None] | None = None
         self.generation = 0
         self.reset()
 
@@ -1525,6 +1526,15 @@ class ControlAPI:
         self.gl.reset()
         return json_reply(200, {"ok": True})
 
+    def outage(self, req: Request) -> Reply:
+        """GitLab unreachable for `seconds`: the listener is closed (connections refused) and
+        open connections are cut; state is kept, and the same port listens again after."""
+        seconds = float(self._body(req).get("seconds", 10))
+        if self.gl.outage_hook is None:
+            raise ControlError("outages need the emulator's own server")
+        self.gl.outage_hook(seconds)
+        return json_reply(200, {"ok": True, "seconds": seconds})
+
     def get_config(self, req: Request) -> Reply:
         with self.gl.lock:
             return json_reply(200, self.gl.config)
@@ -1972,6 +1982,7 @@ class Router:
         self.control_routes: list[Route] = [
             r("GET", r"/__emulator/health", ctl.health),
             r("POST", r"/__emulator/reset", ctl.reset),
+            r("POST", r"/__emulator/outage", ctl.outage),
             r("GET", r"/__emulator/config", ctl.get_config),
             r("POST", r"/__emulator/config", ctl.set_config),
             r("POST", r"/__emulator/registration_tokens", ctl.add_registration_token),
@@ -2263,9 +2274,50 @@ class EmulatorServer(ThreadingHTTPServer):
         self.gl, self.router = gl, router
         self.ssl_context = ssl_context
         self.verbose = verbose
+        self.conn_lock = threading.Lock()
+        self.connections: set = set()
         super().__init__(addr, Handler)
 
+    # -- outages (control API /__emulator/outage) ---------------------------------------------
+
+    def take_down(self, seconds: float) -> None:
+        threading.Thread(target=self._outage, args=(seconds,), name="outage", daemon=True).start()
+
+    def _outage(self, seconds: float) -> None:
+        time.sleep(0.2)                         # let the control reply go out first
+        self.shutdown()                         # serve_forever returns: no more accepts
+        self.socket.close()                     # connecting now gives ECONNREFUSED
+        with self.conn_lock:
+            conns = list(self.connections)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        sys.stderr.write(f"outage: down for {seconds}s\n")
+        time.sleep(seconds)
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        self.server_bind()                      # same address and port (SO_REUSEADDR)
+        self.server_activate()
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                         name="serve", daemon=True).start()
+        sys.stderr.write("outage: listening again\n")
+
+    def _track(self, conn, add: bool) -> None:
+        with self.conn_lock:
+            if add:
+                self.connections.add(conn)
+            else:
+                self.connections.discard(conn)
+
     def finish_request(self, request, client_address) -> None:
+        self._track(request, True)
+        try:
+            self._finish_request(request, client_address)
+        finally:
+            self._track(request, False)
+
+    def _finish_request(self, request, client_address) -> None:
         if self.ssl_context is None:
             super().finish_request(request, client_address)
             return
@@ -2278,10 +2330,12 @@ class EmulatorServer(ThreadingHTTPServer):
             if self.verbose:
                 sys.stderr.write(f"TLS handshake with {client_address} failed: {e}\n")
             return
+        self._track(tls, True)
         try:
             tls.settimeout(None)
             self.RequestHandlerClass(tls, client_address, self)
         finally:
+            self._track(tls, False)
             try:
                 tls.close()
             except OSError:
@@ -2365,6 +2419,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"[{shown}]"
     url = f"{'https' if ctx else 'http'}://{shown}:{port}"
     gl.base_url = url
+    gl.outage_hook = server.take_down
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

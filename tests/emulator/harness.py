@@ -247,6 +247,26 @@ class Emulator:
             body["token"] = token
         return self.control("POST", "/registration_tokens", body)["token"]
 
+    def outage(self, seconds: float) -> None:
+        """GitLab unreachable (connections refused) for `seconds`, state kept; returns once
+        the listener is closed."""
+        self.control("POST", "/outage", {"seconds": seconds})
+        deadline = time.monotonic() + 10
+        while self.is_up():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the emulator did not go down")
+            time.sleep(0.05)
+
+    def is_up(self) -> bool:
+        try:
+            self.request("GET", "/__emulator/health", timeout=2)
+            return True
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def wait_until_up(self, timeout: float = 120) -> None:
+        self.wait_for(self.is_up, timeout, 0.1, "the emulator to listen again")
+
     def runners(self) -> list:
         return self.control("GET", "/runners")
 

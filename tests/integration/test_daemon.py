@@ -107,7 +107,11 @@ class DaemonTestBase(unittest.TestCase):
         def ready():
             j = self.gitlab.job(job_id)
             return j["state"] == "running" and (text is None or text in j["trace"])
-        self.gitlab.wait_for(ready, timeout=30, message=f"job {job_id} running")
+        try:
+            self.gitlab.wait_for(ready, timeout=30, message=f"job {job_id} running")
+        except AssertionError:
+            print(self.gitlab.job(job_id), self.kiln_log(), file=sys.stderr)
+            raise
 
 
 class PollingTest(DaemonTestBase):
@@ -228,6 +232,72 @@ class SignalTest(DaemonTestBase):
         time.sleep(2)
         self.assertEqual(self.gitlab.job(ja2["id"])["state"], "pending")
         self.gitlab.delete_job(ja2["id"])
+        self.proc.send_signal(signal.SIGQUIT)
+        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+
+
+class OutageTest(DaemonTestBase):
+    """GitLab unreachable (connections refused, state kept) around a job's final update.
+    The acceptance case is a 2-minute outage; 20-30 s exercise the same path (the final PUT
+    fails, the state goes to the spool, the spool delivers it once GitLab listens again) in
+    less test time."""
+    long_poll = 5
+
+    def spool_dir(self):
+        return os.path.join(self.dir, "spool")
+
+    def spool_files(self):
+        d = self.spool_dir()
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def start_job_then_outage(self, seconds):
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        self.write_config([self.runner_block("o", token)])
+        job = self.enqueue(token, ["echo before-outage", "sleep 5", "echo after-outage"])
+        self.start_kiln()
+        self.wait_running(job["id"], "before-outage")
+        self.gitlab.outage(seconds)
+        return token, job
+
+    def assert_delivered(self, job, token):
+        state = self.gitlab.wait_job_state(job["id"], ("success", "failed", "canceled"),
+                                           timeout=90)
+        self.assertEqual(state["state"], "success", state)
+        self.assertIn("after-outage", state["trace"])
+        self.assertIn("Job succeeded", state["trace"])
+        self.assertTrue(state["checksum_ok"], state)
+        self.gitlab.wait_for(lambda: self.spool_files() == [], timeout=10,
+                             message="the spool entry to be removed")
+        self.assertNotIn(token, self.kiln_log())
+        self.assertNotIn(job["token"], self.kiln_log())
+
+    def test_final_state_is_delivered_after_the_outage(self):
+        token, job = self.start_job_then_outage(25)
+        self.gitlab.wait_for(lambda: "spooled" in self.kiln_log(), timeout=40,
+                             message="the final state to be spooled")
+        self.gitlab.wait_until_up()
+        self.assert_delivered(job, token)
+        self.proc.send_signal(signal.SIGQUIT)
+        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+
+    def test_final_state_survives_a_restart_of_kiln_during_the_outage(self):
+        token, job = self.start_job_then_outage(35)
+        self.gitlab.wait_for(lambda: "spooled" in self.kiln_log(), timeout=40,
+                             message="the final state to be spooled")
+        names = self.spool_files()
+        self.assertEqual(names, [f"job-{job['id']}.json", f"job-{job['id']}.trace"])
+        for n in names:
+            mode = os.stat(os.path.join(self.spool_dir(), n)).st_mode & 0o777
+            self.assertEqual(mode, 0o600, n)
+        self.assertEqual(os.stat(self.spool_dir()).st_mode & 0o777, 0o700)
+        # Still down: kiln stops (the job is over, its state is on disk) and starts again.
+        self.assertFalse(self.gitlab.is_up())
+        self.proc.send_signal(signal.SIGQUIT)
+        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+        self.start_kiln()
+        self.gitlab.wait_until_up()
+        self.assert_delivered(job, token)
+        self.assertIn("delivering a spooled final job state", self.kiln_log())
         self.proc.send_signal(signal.SIGQUIT)
         self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
 
