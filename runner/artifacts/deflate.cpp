@@ -8,20 +8,22 @@
 
 namespace kiln::artifacts::detail {
 
-// Chosen with bench/archive_bench on the reference tree (docs/benchmarks.md, "Issue 5"):
-// isa-l does everything up to "default" (level 2 costs no more CPU than level 1 there and is
-// 0.6% smaller; level 0 saves ~15% CPU for a 12% bigger archive); the slow levels buy ~12%
-// in size for 3x the CPU with libdeflate on whole files (most files of a source tree fit in
-// one 512 KiB task) and isa-l's best level on the pieces of split files.
+// Chosen with bench/archive_bench on the reference tree (docs/benchmarks.md, "Issue 5").
+// isa-l does everything up to "default": level 2 costs no more CPU than level 1 there and is
+// 0.6% smaller. A tree of headers is thousands of tiny deflate streams, and building Huffman
+// tables for each is a sixth of all CPU; isa-l level 0 uses fixed tables, so files under
+// 4 KiB use it at fast/default (10% less CPU, 3% bigger archive). The slow levels buy ~12% in
+// size for 3x the CPU with libdeflate on whole files (most files of a source tree fit in one
+// 512 KiB task) and isa-l's best level on the pieces of split files.
 level_plan plan_for(compression_level level) {
     switch (level) {
-        case compression_level::fastest: return {0, 0};
-        case compression_level::fast: return {1, 0};
-        case compression_level::normal: return {2, 0};
-        case compression_level::slow: return {3, 6};
-        case compression_level::slowest: return {3, 9};
+        case compression_level::fastest: return {0, 0, 0};
+        case compression_level::fast: return {1, 0, 4096};
+        case compression_level::normal: return {2, 0, 4096};
+        case compression_level::slow: return {3, 6, 0};
+        case compression_level::slowest: return {3, 9, 0};
     }
-    return {1, 0};
+    return {2, 0, 4096};
 }
 
 namespace {
@@ -65,7 +67,7 @@ bool deflater::compress_whole(std::span<const unsigned char> in, byte_vector& ou
     }
     isal_zstream s;
     isal_deflate_stateless_init(&s);
-    s.level = static_cast<std::uint32_t>(plan_.isal_level);
+    s.level = in.size() < plan_.small_file ? 0 : static_cast<std::uint32_t>(plan_.isal_level);
     s.level_buf = level_buf_.empty() ? nullptr : level_buf_.data();
     s.level_buf_size = static_cast<std::uint32_t>(level_buf_.size());
     s.end_of_stream = 1;

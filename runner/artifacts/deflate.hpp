@@ -46,6 +46,8 @@ struct level_plan {
     int isal_level = 1;       // isa-l level 0..3, for pieces of split files (and whole files
                               // when libdeflate_level is 0)
     int libdeflate_level = 0;  // >0: libdeflate for whole files at this level
+    std::size_t small_file = 0;  // whole files below this size: isa-l level 0, whose static
+                                 // tables spare building Huffman tables per tiny stream
 };
 
 level_plan plan_for(compression_level level);

@@ -56,115 +56,19 @@ constexpr std::size_t dict_capacity = 32 << 10;
     throw std::system_error(errno, std::generic_category(), what + " " + p.string());
 }
 
-// A part of one entry inside a task. Directories and symlinks are pieces without data.
-struct piece {
-    std::uint32_t entry = 0;
-    std::uint32_t in_off = 0, in_len = 0;  // in task::input, after the dictionary
-    std::uint32_t out_off = 0, out_len = 0;
-    bool first = true, last = true;  // first/last piece of the entry's data
-    bool whole = true;               // the entry's whole data (not split)
-    bool deflated = false;           // out holds deflate data; otherwise store input
-};
-
-struct task {
-    detail::byte_vector input;  // dict_len bytes of dictionary, then the data
-    std::size_t dict_len = 0;
-    std::vector<piece> pieces;
-    detail::byte_vector output;
-    bool done = false;
-    std::exception_ptr error;
-
-    std::size_t used() const { return input.size() - dict_len; }
-    void reset() {
-        input.clear();
-        dict_len = 0;
-        pieces.clear();
-        output.clear();
-        done = false;
-        error = nullptr;
-    }
-};
-
-class worker_pool {
-public:
-    worker_pool(unsigned threads, compression_level level) {
-        for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this, level] { run(level); });
-    }
-    ~worker_pool() {
-        {
-            std::lock_guard lock(mutex_);
-            stopping_ = true;
+std::size_t read_full(int fd, const std::string& path, unsigned char* buf, std::size_t len, std::uint64_t off) {
+    std::size_t got = 0;
+    while (got < len) {
+        ssize_t n = ::pread(fd, buf + got, len - got, static_cast<off_t>(off + got));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw_errno("cannot read", path);
         }
-        work_cv_.notify_all();
-        for (auto& t : threads_) t.join();
+        if (n == 0) break;
+        got += static_cast<std::size_t>(n);
     }
-
-    void submit(task* t) {
-        {
-            std::lock_guard lock(mutex_);
-            queue_.push_back(t);
-        }
-        work_cv_.notify_one();
-    }
-
-    void wait(task* t) {
-        std::unique_lock lock(mutex_);
-        done_cv_.wait(lock, [t] { return t->done; });
-    }
-
-    bool is_done(task* t) {
-        std::lock_guard lock(mutex_);
-        return t->done;
-    }
-
-private:
-    void run(compression_level level) {
-        detail::deflater d(level);
-        for (;;) {
-            task* t = nullptr;
-            {
-                std::unique_lock lock(mutex_);
-                work_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-                if (queue_.empty()) return;
-                t = queue_.front();
-                queue_.pop_front();
-            }
-            try {
-                compress(d, *t);
-            } catch (...) {
-                t->error = std::current_exception();
-            }
-            {
-                std::lock_guard lock(mutex_);
-                t->done = true;
-            }
-            done_cv_.notify_all();
-        }
-    }
-
-    static void compress(detail::deflater& d, task& t) {
-        const unsigned char* data = t.input.data() + t.dict_len;
-        for (auto& p : t.pieces) {
-            if (p.in_len == 0 && p.whole) continue;  // empty file, directory or symlink
-            p.out_off = static_cast<std::uint32_t>(t.output.size());
-            std::span<const unsigned char> in(data + p.in_off, p.in_len);
-            if (p.whole) {
-                p.deflated = d.compress_whole(in, t.output);
-            } else {
-                std::span<const unsigned char> dict(t.input.data(), p.first ? 0 : t.dict_len);
-                d.compress_piece(dict, in, p.last, t.output);
-                p.deflated = true;
-            }
-            p.out_len = static_cast<std::uint32_t>(t.output.size() - p.out_off);
-        }
-    }
-
-    std::mutex mutex_;
-    std::condition_variable work_cv_, done_cv_;
-    std::deque<task*> queue_;
-    bool stopping_ = false;
-    std::vector<std::thread> threads_;
-};
+    return got;
+}
 
 struct fd_guard {
     int fd = -1;
@@ -194,6 +98,152 @@ private:
     EVP_MD_CTX* ctx_;
 };
 
+// A part of one entry inside a task. Directories and symlinks are pieces without data. The
+// calling thread plans the pieces from lstat; the worker opens and reads the file (so reading
+// runs in parallel too), then compresses.
+struct piece {
+    std::uint32_t entry = 0;
+    std::string path;                      // regular files: read by the worker
+    std::uint64_t offset = 0;              // of the piece's data in the file
+    std::uint32_t want = 0;                // bytes planned (from lstat)
+    std::uint32_t dict_want = 0;           // split pieces after the first: bytes before offset
+    std::uint32_t in_off = 0, in_len = 0;  // in task::input, after the dictionary; in_len as read
+    std::uint32_t out_off = 0, out_len = 0;
+    std::uint32_t crc = 0;                 // whole files: computed by the worker
+    std::array<unsigned char, 32> sha{};   // whole files, when hashing
+    bool first = true, last = true;  // first/last piece of the entry's data
+    bool whole = true;               // the entry's whole data (not split)
+    bool deflated = false;           // out holds deflate data; otherwise store input
+};
+
+struct task {
+    detail::byte_vector input;  // dict_len bytes of dictionary, then the data
+    std::size_t dict_len = 0;   // room for the dictionary before the data
+    bool dict_short = false;    // the file held less than that when the worker read it
+    std::vector<piece> pieces;
+    detail::byte_vector output;
+    bool done = false;
+    std::exception_ptr error;
+
+    std::size_t used() const { return input.size() - dict_len; }
+    void reset() {
+        input.clear();
+        dict_len = 0;
+        dict_short = false;
+        pieces.clear();
+        output.clear();
+        done = false;
+        error = nullptr;
+    }
+};
+
+class worker_pool {
+public:
+    worker_pool(unsigned threads, compression_level level, bool hash) {
+        for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this, level, hash] { run(level, hash); });
+    }
+    ~worker_pool() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        work_cv_.notify_all();
+        for (auto& t : threads_) t.join();
+    }
+
+    void submit(task* t) {
+        {
+            std::lock_guard lock(mutex_);
+            queue_.push_back(t);
+        }
+        work_cv_.notify_one();
+    }
+
+    void wait(task* t) {
+        std::unique_lock lock(mutex_);
+        done_cv_.wait(lock, [t] { return t->done; });
+    }
+
+    bool is_done(task* t) {
+        std::lock_guard lock(mutex_);
+        return t->done;
+    }
+
+private:
+    void run(compression_level level, bool hash) {
+        detail::deflater d(level);
+        std::optional<sha256> sha;
+        if (hash) sha.emplace();
+        for (;;) {
+            task* t = nullptr;
+            {
+                std::unique_lock lock(mutex_);
+                work_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+                if (queue_.empty()) return;
+                t = queue_.front();
+                queue_.pop_front();
+            }
+            try {
+                read(*t, sha ? &*sha : nullptr);
+                compress(d, *t);
+            } catch (...) {
+                t->error = std::current_exception();
+            }
+            {
+                std::lock_guard lock(mutex_);
+                t->done = true;
+            }
+            done_cv_.notify_all();
+        }
+    }
+
+    static void read(task& t, sha256* sha) {
+        for (auto& p : t.pieces) {
+            if (p.path.empty()) continue;
+            // O_NOFOLLOW: if the file was swapped for a link since lstat, this fails rather than
+            // archiving what the link points to.
+            fd_guard fd{::open(p.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)};
+            if (fd.fd < 0) throw_errno("cannot open", p.path);
+            if (p.dict_want)
+                t.dict_short = read_full(fd.fd, p.path, t.input.data(), p.dict_want, p.offset - p.dict_want) < p.dict_want;
+            unsigned char* data = t.input.data() + t.dict_len + p.in_off;
+            // A file that shrank since lstat is archived as it now is; one that grew, up to
+            // its listed size.
+            p.in_len = static_cast<std::uint32_t>(read_full(fd.fd, p.path, data, p.want, p.offset));
+            if (p.whole) {
+                p.crc = libdeflate_crc32(0, data, p.in_len);
+                if (sha) {
+                    sha->update(data, p.in_len);
+                    p.sha = sha->finish();
+                }
+            }
+        }
+    }
+
+    static void compress(detail::deflater& d, task& t) {
+        const unsigned char* data = t.input.data() + t.dict_len;
+        for (auto& p : t.pieces) {
+            if (p.in_len == 0 && p.whole) continue;  // empty file, directory or symlink
+            p.out_off = static_cast<std::uint32_t>(t.output.size());
+            std::span<const unsigned char> in(data + p.in_off, p.in_len);
+            if (p.whole) {
+                p.deflated = d.compress_whole(in, t.output);
+            } else {
+                std::span<const unsigned char> dict(t.input.data(), p.first ? 0 : t.dict_len);
+                d.compress_piece(dict, in, p.last, t.output);
+                p.deflated = true;
+            }
+            p.out_len = static_cast<std::uint32_t>(t.output.size() - p.out_off);
+        }
+    }
+
+    std::mutex mutex_;
+    std::condition_variable work_cv_, done_cv_;
+    std::deque<task*> queue_;
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+};
+
 class zip_writer {
 public:
     template <class Output>
@@ -203,7 +253,7 @@ public:
         // One task per worker plus one being filled and one being written: enough to keep the
         // workers busy; each task is ~2 MiB (input and output), which bounds memory.
         window_ = threads + 2;
-        pool_.emplace(threads, options.level);
+        pool_.emplace(threads, options.level, static_cast<bool>(options.trailer));
         if (options.trailer) sha_.emplace();
     }
 
@@ -268,78 +318,47 @@ private:
     }
 
     void add_file(const archive_entry& e, entry_record r) {
-        // O_NOFOLLOW: if the file was swapped for a link since lstat, this fails rather than
-        // archiving what the link points to. Size and mode come from that lstat.
-        fd_guard fd{::open(e.source.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)};
-        if (fd.fd < 0) throw_errno("cannot open", e.source);
         const std::uint64_t size = r.size_hint;
         const auto index = static_cast<std::uint32_t>(records_.size());
         if (size <= task_capacity) {
             if (current().used() + size > task_capacity) submit_current();
             auto& t = current();
             std::size_t at = t.input.size();
-            t.input.resize(at + size);
-            std::size_t n = read_full(fd.fd, e.source, t.input.data() + at, size, 0);
-            t.input.resize(at + n);  // a file that shrank is archived as it now is
+            t.input.resize(at + size);  // filled by the worker
             piece p;
             p.entry = index;
-            p.in_off = static_cast<std::uint32_t>(at - t.dict_len);
-            p.in_len = static_cast<std::uint32_t>(n);
-            t.pieces.push_back(p);
+            p.path = e.source.string();
+            p.want = static_cast<std::uint32_t>(size);
+            p.in_off = static_cast<std::uint32_t>(at);
+            t.pieces.push_back(std::move(p));
             records_.push_back(std::move(r));
             return;
         }
-        // A big file: its own tasks, one per piece.
+        // A big file: its own tasks, one per piece; each worker also reads the 32 KiB before
+        // its piece as the deflate dictionary.
         r.split = true;
         r.zip64_local = detail::zip::needs_zip64_local(size);
         records_.push_back(std::move(r));
         submit_current();
-        std::uint64_t off = 0;
-        bool first = true;
-        for (;;) {
+        for (std::uint64_t off = 0;; off += task_capacity) {
             auto& t = current();
-            if (!first) {
-                // The dictionary: the last 32 KiB of the previous piece.
-                t.input.assign(carry_.begin(), carry_.end());
-                t.dict_len = carry_.size();
-            }
             std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(task_capacity, size - off));
-            std::size_t at = t.input.size();
-            t.input.resize(at + want);
-            std::size_t n = want ? read_full(fd.fd, e.source, t.input.data() + at, want, off) : 0;
-            t.input.resize(at + n);
-            off += n;
             piece p;
             p.entry = index;
-            p.in_off = 0;
-            p.in_len = static_cast<std::uint32_t>(n);
-            p.first = first;
+            p.path = e.source.string();
+            p.offset = off;
+            p.want = static_cast<std::uint32_t>(want);
+            p.dict_want = off == 0 ? 0 : static_cast<std::uint32_t>(std::min<std::uint64_t>(dict_capacity, off));
+            p.first = off == 0;
             p.whole = false;
-            p.last = off >= size || n < want;
-            t.pieces.push_back(p);
-            if (!p.last) {
-                std::size_t keep = std::min(dict_capacity, n);
-                carry_.assign(t.input.end() - static_cast<std::ptrdiff_t>(keep), t.input.end());
-            }
+            p.last = off + want >= size;
+            t.input.resize(p.dict_want + want);
+            t.dict_len = p.dict_want;
+            t.pieces.push_back(std::move(p));
+            const bool last = t.pieces.back().last;
             submit_current();
-            if (p.last) break;
-            first = false;
+            if (last) break;
         }
-    }
-
-    static std::size_t read_full(int fd, const std::filesystem::path& path, unsigned char* buf, std::size_t len,
-                                 std::uint64_t off) {
-        std::size_t got = 0;
-        while (got < len) {
-            ssize_t n = ::pread(fd, buf + got, len - got, static_cast<off_t>(off + got));
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                throw_errno("cannot read", path);
-            }
-            if (n == 0) break;
-            got += static_cast<std::size_t>(n);
-        }
-        return got;
     }
 
     task& current() {
@@ -386,8 +405,20 @@ private:
             r.crc = 0;
         }
         if (S_ISREG(r.mode)) {
-            r.crc = libdeflate_crc32(r.crc, in, p.in_len);
-            if (sha_) sha_->update(in, p.in_len);
+            if (p.whole) {
+                r.crc = p.crc;
+            } else {
+                // The worker compressed against the 32 KiB it read before its piece; that must
+                // be what the previous piece held, or the stream would not decode to these bytes.
+                if (!p.first && p.in_len > 0 &&
+                    (t.dict_short || t.dict_len != carry_.size() ||
+                     !std::equal(carry_.begin(), carry_.end(), t.input.begin())))
+                    throw std::runtime_error(p.path + " changed while it was archived; archive it again when it is complete");
+                std::size_t keep = std::min<std::size_t>(dict_capacity, p.in_len);
+                carry_.assign(in + p.in_len - keep, in + p.in_len);
+                r.crc = libdeflate_crc32(r.crc, in, p.in_len);
+                if (sha_) sha_->update(in, p.in_len);
+            }
             r.size += p.in_len;
         }
         if (p.whole) {
@@ -422,7 +453,7 @@ private:
         }
         if (p.last && S_ISREG(r.mode)) {
             file_bytes_ += r.size;
-            if (sha_) digests_.push_back(file_digest{r.name, r.size, sha_->finish()});
+            if (sha_) digests_.push_back(file_digest{r.name, r.size, p.whole ? p.sha : sha_->finish()});
         }
     }
 
