@@ -343,6 +343,21 @@ class ArtifactsTest(unittest.TestCase):
                       state["trace"])
         self.assertEqual(state["artifacts"], [])
 
+    def test_a_503_is_retried_and_a_raw_report_of_two_files_is_refused(self):
+        self.gitlab.fault(r"/api/v4/jobs/\d+/artifacts$", method="POST", status=503, count=1)
+        retried = self.enqueue(["echo data > out.txt"], [archive_entry(["out.txt"])])
+        two_raw = self.enqueue(["echo '{}' > a.json", "echo '{}' > b.json"],
+                               [report("sast", "gl-sast-report.json", ["*.json"], fmt="raw")])
+        r_state, raw_state = self.run_kiln([retried, two_raw])
+        self.assertEqual(r_state["state"], "success", r_state["trace"])
+        self.assertEqual(zip_names(self.gitlab.job_artifact(r_state["id"], "archive")), ["out.txt"])
+        posts = self.gitlab.requests(path=f"/api/v4/jobs/{retried['id']}/artifacts", method="POST")
+        self.assertEqual([p["status"] for p in posts], [503, 201])
+        self.assertEqual(raw_state["state"], "failed", raw_state["trace"])
+        self.assertIn("a raw artifact must be exactly one file, but the paths select 2",
+                      raw_state["trace"])
+        self.assertEqual(raw_state["artifacts"], [])
+
     # -- dependencies -----------------------------------------------------------------------------
 
     def test_dependency_artifacts_round_trip(self):
