@@ -7,7 +7,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -88,9 +87,10 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
         open.insert(raw);
         beast::flat_buffer buffer;
         for (;;) {
-            http::request_parser<http::empty_body> parser;
+            // Bodies are read (small ones) only so a POST gets its 405 instead of a reset.
+            http::request_parser<http::string_body> parser;
             parser.header_limit(16 * 1024);
-            parser.body_limit(0);
+            parser.body_limit(8 * 1024);
             stream.expires_after(30s);
             auto [rec, n] = co_await http::async_read(stream, buffer, parser, use_tuple);
             if (rec) {

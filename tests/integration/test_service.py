@@ -242,6 +242,21 @@ class MetricsTest(KilnServiceBase):
         self.assertLess(len(short), len(self.token))
 
         self.assertEqual(http_get(base + "/nothing-here")[0], 404)
+        # HEAD: the headers of a GET, no body; other methods: 405 on a connection kept alive.
+        import http.client
+        host, port = base[len("http://"):].rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("HEAD", "/metrics")
+        r = conn.getresponse()
+        self.assertEqual((r.status, r.read()), (200, b""))
+        self.assertGreater(int(r.getheader("Content-Length")), 1000)
+        conn.request("POST", "/metrics", body="x")
+        r = conn.getresponse()
+        self.assertEqual((r.status, r.getheader("Allow")), (405, "GET, HEAD"))
+        r.read()
+        conn.request("GET", "/readyz")
+        self.assertEqual(conn.getresponse().status, 200)
+        conn.close()
         self.proc.send_signal(signal.SIGQUIT)
         self.assertEqual(self.proc.wait(timeout=60), 0, self.kiln_log())
 
