@@ -98,12 +98,28 @@ private:
     EVP_MD_CTX* ctx_;
 };
 
+// A directory the entries' files are opened relative to: a tree walk lists a directory's
+// files together, so one descriptor spares two full path lookups per file (lstat here, open
+// in the worker). Shared by the pieces that need it; closed with the last.
+struct dir_handle {
+    int fd = AT_FDCWD;
+    std::string path;  // with a trailing '/', for messages
+    dir_handle() = default;
+    dir_handle(const dir_handle&) = delete;
+    dir_handle& operator=(const dir_handle&) = delete;
+    ~dir_handle() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
 // A part of one entry inside a task. Directories and symlinks are pieces without data. The
 // calling thread plans the pieces from lstat; the worker opens and reads the file (so reading
 // runs in parallel too), then compresses.
 struct piece {
     std::uint32_t entry = 0;
-    std::string path;                      // regular files: read by the worker
+    std::shared_ptr<const dir_handle> dir;  // regular files: read by the worker from dir/name
+    std::string name;
+    std::string path() const { return dir->path + name; }
     std::uint64_t offset = 0;              // of the piece's data in the file
     std::uint32_t want = 0;                // bytes planned (from lstat)
     std::uint32_t dict_want = 0;           // split pieces after the first: bytes before offset
@@ -199,17 +215,17 @@ private:
 
     static void read(task& t, sha256* sha) {
         for (auto& p : t.pieces) {
-            if (p.path.empty()) continue;
+            if (!p.dir) continue;
             // O_NOFOLLOW: if the file was swapped for a link since lstat, this fails rather than
             // archiving what the link points to.
-            fd_guard fd{::open(p.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)};
-            if (fd.fd < 0) throw_errno("cannot open", p.path);
+            fd_guard fd{::openat(p.dir->fd, p.name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)};
+            if (fd.fd < 0) throw_errno("cannot open", p.path());
             if (p.dict_want)
-                t.dict_short = read_full(fd.fd, p.path, t.input.data(), p.dict_want, p.offset - p.dict_want) < p.dict_want;
+                t.dict_short = read_full(fd.fd, p.path(), t.input.data(), p.dict_want, p.offset - p.dict_want) < p.dict_want;
             unsigned char* data = t.input.data() + t.dict_len + p.in_off;
             // A file that shrank since lstat is archived as it now is; one that grew, up to
             // its listed size.
-            p.in_len = static_cast<std::uint32_t>(read_full(fd.fd, p.path, data, p.want, p.offset));
+            p.in_len = static_cast<std::uint32_t>(read_full(fd.fd, p.path(), data, p.want, p.offset));
             if (p.whole) {
                 p.crc = libdeflate_crc32(0, data, p.in_len);
                 if (sha) {
@@ -286,7 +302,12 @@ private:
         if (e.name.empty() || e.name.front() == '/')
             throw std::invalid_argument("archive entry name must be relative: \"" + e.name + "\"");
         struct stat st {};
-        if (::lstat(e.source.c_str(), &st) != 0) throw_errno("cannot archive", e.source);
+        std::string source = e.source.native();
+        while (source.size() > 1 && source.back() == '/') source.pop_back();  // "dir/" names dir
+        const std::size_t slash = source.rfind('/');
+        const std::string name = slash == std::string::npos ? source : source.substr(slash + 1);
+        const auto& dir = directory(slash == std::string::npos ? std::string() : source.substr(0, slash + 1), e.source);
+        if (::fstatat(dir->fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) throw_errno("cannot archive", e.source);
         entry_record r;
         r.name = e.name;
         r.mode = st.st_mode;
@@ -296,14 +317,14 @@ private:
             add_meta(std::move(r));
         } else if (S_ISLNK(st.st_mode)) {
             std::string target(static_cast<std::size_t>(st.st_size > 0 ? st.st_size : 4096) + 1, '\0');
-            ssize_t n = ::readlink(e.source.c_str(), target.data(), target.size());
+            ssize_t n = ::readlinkat(dir->fd, name.c_str(), target.data(), target.size());
             if (n < 0) throw_errno("cannot read symbolic link", e.source);
             target.resize(static_cast<std::size_t>(n));
             r.link_target = std::move(target);
             add_meta(std::move(r));
         } else if (S_ISREG(st.st_mode)) {
             r.size_hint = static_cast<std::uint64_t>(st.st_size);
-            add_file(e, std::move(r));
+            add_file(dir, name, std::move(r));
         }
         // Sockets, FIFOs and devices are not archivable; gitlab-runner skips them too.
     }
@@ -317,7 +338,20 @@ private:
         records_.push_back(std::move(r));
     }
 
-    void add_file(const archive_entry& e, entry_record r) {
+    // The directory `parent` ("" or ending in '/'), opened once for consecutive entries in it.
+    const std::shared_ptr<const dir_handle>& directory(const std::string& parent, const std::filesystem::path& source) {
+        if (dir_ && dir_->path == parent) return dir_;
+        auto d = std::make_shared<dir_handle>();
+        d->path = parent;
+        if (!parent.empty()) {
+            d->fd = ::open(parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+            if (d->fd < 0) throw_errno("cannot archive", source);
+        }
+        dir_ = std::move(d);
+        return dir_;
+    }
+
+    void add_file(const std::shared_ptr<const dir_handle>& dir, const std::string& name, entry_record r) {
         const std::uint64_t size = r.size_hint;
         const auto index = static_cast<std::uint32_t>(records_.size());
         if (size <= task_capacity) {
@@ -327,7 +361,8 @@ private:
             t.input.resize(at + size);  // filled by the worker
             piece p;
             p.entry = index;
-            p.path = e.source.string();
+            p.dir = dir;
+            p.name = name;
             p.want = static_cast<std::uint32_t>(size);
             p.in_off = static_cast<std::uint32_t>(at);
             t.pieces.push_back(std::move(p));
@@ -345,7 +380,8 @@ private:
             std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(task_capacity, size - off));
             piece p;
             p.entry = index;
-            p.path = e.source.string();
+            p.dir = dir;
+            p.name = name;
             p.offset = off;
             p.want = static_cast<std::uint32_t>(want);
             p.dict_want = off == 0 ? 0 : static_cast<std::uint32_t>(std::min<std::uint64_t>(dict_capacity, off));
@@ -413,7 +449,7 @@ private:
                 if (!p.first && p.in_len > 0 &&
                     (t.dict_short || t.dict_len != carry_.size() ||
                      !std::equal(carry_.begin(), carry_.end(), t.input.begin())))
-                    throw std::runtime_error(p.path + " changed while it was archived; archive it again when it is complete");
+                    throw std::runtime_error(p.path() + " changed while it was archived; archive it again when it is complete");
                 std::size_t keep = std::min<std::size_t>(dict_capacity, p.in_len);
                 carry_.assign(in + p.in_len - keep, in + p.in_len);
                 r.crc = libdeflate_crc32(r.crc, in, p.in_len);
@@ -489,6 +525,7 @@ private:
     std::deque<std::unique_ptr<task>> inflight_;
     std::vector<std::unique_ptr<task>> spare_;
     detail::byte_vector carry_;
+    std::shared_ptr<const dir_handle> dir_;
     std::vector<entry_record> records_;
     std::optional<sha256> sha_;
     std::vector<file_digest> digests_;
