@@ -425,6 +425,30 @@ class ArtifactsTest(unittest.TestCase):
                 self.assertNotIn(marker, f, root)
         self.assertNotIn(marker, os.listdir(tempfile.gettempdir()))
 
+    def test_docker_jobs_upload_and_receive_artifacts(self):
+        # Docker executor: the build directory is bind-mounted at the same path, so what the
+        # container writes is what kiln archives on the host, and what kiln extracts is what the
+        # next container sees.
+        with open(self.config) as f:
+            text = f.read().replace('executor = "shell"', 'executor = "docker"')
+        with open(self.config, "w") as f:
+            f.write(text + '  [runners.docker]\n    image = "local/busybox"\n'
+                    '    pull_policy = ["if-not-present"]\n    go_cache = false\n')
+        producer = self.enqueue(["mkdir -p out/sub && echo from-container > out/sub/f.txt",
+                                 "echo junk > out/x.tmp"],
+                                [archive_entry(["out/"], exclude=["out/*.tmp"])])
+        p_state, = self.run_kiln([producer])
+        self.assertEqual(p_state["state"], "success", p_state["trace"])
+        self.assertIn("Using Docker executor with image local/busybox", p_state["trace"])
+        self.assertEqual(zip_names(self.gitlab.job_artifact(producer["id"], "archive")),
+                         ["out/", "out/sub/", "out/sub/f.txt"])
+        consumer = self.enqueue(["cat out/sub/f.txt", "test ! -e out/x.tmp && echo no-tmp"],
+                                dependencies=[producer["id"]])
+        c_state, = self.run_kiln([consumer])
+        self.assertEqual(c_state["state"], "success", c_state["trace"])
+        self.assertIn("\nfrom-container\n", c_state["trace"])
+        self.assertIn("\nno-tmp\n", c_state["trace"])
+
     def test_missing_dependency_archive_fails_clearly(self):
         dep = self.gitlab.enqueue_job(fixture="job_basic", tags=["nobody"])
         self.gitlab.put_job_artifact(dep["id"], zip_with([("x.txt", b"x")]))
