@@ -302,21 +302,37 @@ class NotifyTest(KilnServiceBase):
                 return got
         self.fail(f"no {wanted} within {timeout}s; got {got}\n{self.kiln_log()}")
 
+    def listen_address(self):
+        for e in self.log_entries():
+            if e.get("msg") == "serving metrics and health checks":
+                return "http://" + e["listen_address"]
+        return None
+
     def check_ready_then_stopping(self, abstract):
-        self.write_config()
+        self.write_config('listen_address = "127.0.0.1:0"\n')
         sock, address = self.notify_socket(abstract)
         self.start_kiln({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
         before = self.receive_until(sock, "READY=1")
+        base = self.gitlab.wait_for(self.listen_address, timeout=30)
+        self.assertEqual(http_get(base + "/readyz")[0], 200)
         self.assertNotIn("STOPPING=1", before)
         # Watchdog pings at half of WATCHDOG_USEC.
         self.receive_until(sock, "WATCHDOG=1", timeout=10)
 
-        job = self.enqueue(["echo draining", "sleep 3", "echo done"])
+        job = self.enqueue(["echo draining", "sleep 6", "echo done"])
         status = self.receive_until(sock, "STATUS=1 job running, 1 runner")
         self.gitlab.wait_for(lambda: "draining" in self.gitlab.job_trace(job["id"]).decode(),
                              timeout=60)
         self.proc.send_signal(signal.SIGQUIT)
         after = self.receive_until(sock, "STOPPING=1")
+        # Draining: not ready for new work, still alive, and the metrics say so.
+        ready_status, _, body = http_get(base + "/readyz")
+        self.assertEqual((ready_status, body), (503, "stopping\n"))
+        self.assertEqual(http_get(base + "/healthz")[0], 200)
+        _, samples = parse_metrics(self, http_get(base + "/metrics")[2])
+        self.assertEqual(value(samples, "gitlab_runner_process_state_info",
+                               state="graceful_shutdown"), 1)
+        self.assertEqual(value(samples, "gitlab_runner_jobs", state="running"), 1)
         self.assertEqual(self.proc.wait(timeout=60), 0, self.kiln_log())
         state = self.gitlab.job(job["id"])
         self.assertEqual(state["state"], "success", state["trace"])
