@@ -38,5 +38,5 @@ if(KILN_BUILD_TESTS)
   # CI builds the package and installs it into a scratch root (tests/packaging/test_deb.sh).
   add_test(NAME "packaging: deb" COMMAND bash ${PROJECT_SOURCE_DIR}/tests/packaging/test_deb.sh
            ${CMAKE_BINARY_DIR})
-  set_tests_properties("packaging: deb" PROPERTIES TIMEOUT 300 DEPENDS "")
+  set_tests_properties("packaging: deb" PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77)
 endif()
