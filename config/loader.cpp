@@ -854,7 +854,7 @@ const field<cache_s3_settings> s3_fields[] = {
              s3.authentication_type = *v;
          }
      }},
-    {"PathStyle", bool_field<cache_s3_settings, &cache_s3_settings::path_style>},
+    {"PathStyle", optional_bool_field<cache_s3_settings, &cache_s3_settings::path_style>},
 };
 
 constexpr std::string_view s3_ignored[] = {

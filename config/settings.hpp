@@ -101,7 +101,7 @@ struct cache_s3_settings {
     std::string bucket_location;
     bool insecure = false;
     std::string authentication_type;
-    bool path_style = false;
+    std::optional<bool> path_style;  // unset: path style unless the endpoint is AWS or Google
 
     friend bool operator==(const cache_s3_settings&, const cache_s3_settings&) = default;
 };

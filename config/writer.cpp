@@ -628,7 +628,9 @@ toml::table cache_table(const cache_settings& c) {
         put_string(st, "BucketLocation", s3.bucket_location);
         put_if(st, "Insecure", s3.insecure, false);
         put_string(st, "AuthenticationType", s3.authentication_type);
-        put_if(st, "PathStyle", s3.path_style, false);
+        if (s3.path_style) {
+            st.insert_or_assign("PathStyle", *s3.path_style);
+        }
         t.insert_or_assign("s3", std::move(st));
     }
     return t;

@@ -509,7 +509,7 @@ TEST_CASE("[runners.cache] and [runners.cache.s3] are read", "[config][loader]")
     CHECK(c.s3->bucket_location == "us-east-1");
     CHECK(c.s3->insecure);
     CHECK(c.s3->authentication_type == "access-key");
-    CHECK(c.s3->path_style);
+    CHECK(c.s3->path_style == true);
 }
 
 TEST_CASE("token times are RFC 3339 strings in the model", "[config][loader]") {
