@@ -60,6 +60,8 @@ gitlab::feature_flags shell_features() {
     f.upload_multiple_artifacts = true;
     f.upload_raw_artifacts = true;
     f.artifacts_exclude = true;
+    f.cache = true;  // restore_cache / archive_cache (runner/cache)
+    f.fallback_cache_keys = true;
     return f;
 }
 

@@ -22,6 +22,7 @@
 #include "executors/shell/script_builder.hpp"
 #include "runner/artifacts/artifact_stages.hpp"
 #include "runner/artifacts/signing.hpp"
+#include "runner/cache/cache_stages.hpp"
 #include "runner/gitlab/tokens.hpp"
 #include "runner/trace/trace_buffer.hpp"
 #include "runner/trace/trace_streamer.hpp"
@@ -152,6 +153,9 @@ private:
     asio::awaitable<void> watch_deadline();
     asio::awaitable<bool> send_final_state();
     artifacts::stage_context artifact_context();
+    cache::stage_context cache_context() {
+        return {&ctx_.runner, &job_, &env_, project_dir_, [this](std::string_view s) { out(s); }};
+    }
 
     asio::any_io_executor ex_;
     job_context ctx_;
@@ -448,6 +452,17 @@ asio::awaitable<void> job_run::stages() {
         }
     }
 
+    if (failure.empty() && stop_ == stop_reason::none && cache::restore_needed(job_)) {
+        section_start("restore_cache", "Restoring cache");
+        auto cctx = cache_context();
+        auto err = co_await cache::restore(std::move(cctx));
+        section_end("restore_cache");
+        if (!err.empty()) {
+            failure = "script_failure";
+            failure_message = err;
+        }
+    }
+
     if (stop_ == stop_reason::none && failure.empty() && r.signing) {
         // Read per job, so a key rotated on disk needs no restart.
         auto settings = *r.signing;
@@ -557,6 +572,19 @@ asio::awaitable<void> job_run::stages() {
         if (res.exit_code != 0 && res.system_error.empty()) {
             line(ansi_bold_yellow, "WARNING: after_script failed, but job will continue unaffected: "
                                    "exit code " + std::to_string(res.exit_code));
+        }
+    }
+
+    if (const bool ok = failure.empty() && stop_ == stop_reason::none;
+        stop_ != stop_reason::abort && cache::archive_needed(job_, ok)) {
+        const std::string section = ok ? "archive_cache" : "archive_cache_on_failure";
+        section_start(section, ok ? "Saving cache for successful job" : "Saving cache for failed job");
+        auto cctx = cache_context();
+        auto err = co_await cache::archive(std::move(cctx), ok);
+        section_end(section);
+        if (!err.empty() && failure.empty()) {
+            failure = "script_failure";
+            failure_message = err;
         }
     }
 

@@ -10,6 +10,8 @@ preset="${1:-dev}"
 bash scripts/install-deps.sh
 # The Docker executor's tests need a real engine and the local test images (no registry).
 bash scripts/docker-setup.sh
+# The S3 cache tests run against s3rver (npm, pinned) started on loopback.
+bash scripts/s3-setup.sh >/dev/null
 cmake --preset "$preset" >/dev/null
 cmake --build --preset "$preset" -j"$(nproc)"
 ctest --preset "$preset" -j2
