@@ -428,6 +428,35 @@ class CacheTest(unittest.TestCase):
         self.assertEqual(self.s3.requests() and [r for r in self.s3.requests()
                                                  if "local" in r["url"]], [])
 
+    def test_a_corrupt_archive_is_a_warning_and_the_next_key_is_tried(self):
+        self.write_config(None)
+        good = self.run_job([{"key": "good", "paths": ["vendor"]}], ['cp -a "$CACHE_SRC" vendor'])
+        self.assertEqual(good["state"], "success", good["trace"])
+        bad = os.path.join(self.cache_dir, "acme", "widgets", "bad", "cache.zip")
+        os.makedirs(os.path.dirname(bad))
+        with open(bad, "wb") as f:
+            f.write(b"PK\x03\x04 this is not a zip archive" * 100)
+        state = self.run_job([{"key": "bad", "paths": ["vendor"], "policy": "pull",
+                               "fallback_keys": ["good"]}],
+                             ["test -f vendor/blob.bin && echo restored"])
+        trace = self.plain(state["trace"])
+        self.assertEqual(state["state"], "success", trace)
+        order = [m.group(1) for m in re.finditer(r"Checking cache for (\S+)\.\.\.", trace)]
+        self.assertEqual(order, ["bad", "good"])
+        self.assertEqual(trace.count("Failed to extract cache"), 1)
+        self.assertIn("Successfully extracted cache", trace)
+        self.assertIn("\nrestored\n", trace)
+
+    def test_an_unknown_policy_fails_the_job_as_in_gitlab_runner(self):
+        self.write_config(None)
+        state = self.run_job([{"key": "k", "paths": ["vendor"], "policy": "$POLICY"}],
+                             ["echo never"], variables=[{"key": "POLICY", "value": "sometimes"}])
+        trace = self.plain(state["trace"])
+        self.assertEqual(state["state"], "failed", trace)
+        self.assertEqual(state["failure_reason"], "script_failure")
+        self.assertIn("unknown cache policy sometimes for k", trace)
+        self.assertNotIn("\nnever\n", trace)
+
     def test_tar_zstd_archives(self):
         self.write_config(self.s3.address)
         fmt = [{"key": "CACHE_COMPRESSION_FORMAT", "value": "tarzstd"},
