@@ -78,6 +78,10 @@ echo "== archive_bench (zip of a ~300 MB tree of headers and shared libraries: k
 "$build/bench/archive_bench" --threads 2 --runs "${ARCHIVE_RUNS:-3}" || echo "(archive_bench failed)"
 
 echo
+echo "== signing_bench (the same kind of tree: write_zip with and without the signing trailer, verify_archive)"
+"$build/bench/signing_bench" --threads 2 --runs "${ARCHIVE_RUNS:-3}" || echo "(signing_bench failed)"
+
+echo
 echo "== rss_idle (kiln run, idle, one TLS connection with a held long poll)"
 bench/rss_idle.sh "$build/runner/kiln" || echo "(rss_idle failed)"
 

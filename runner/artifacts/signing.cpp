@@ -391,53 +391,100 @@ signing_facts facts_for_job(const gitlab::job_spec& job, std::string_view runner
 
 namespace {
 
-std::string dump_canonical(const json& j) {
-    try {
-        return j.dump(-1, ' ', false, json::error_handler_t::strict);
-    } catch (const json::type_error& e) {
-        throw std::invalid_argument(std::string("cannot write the manifest: ") + e.what());
+/// Canonical JSON written directly (manifests list tens of thousands of files): the caller
+/// writes object keys in sorted order; strings get only the escapes JSON requires, as
+/// nlohmann::json's dump() writes them, so `json::parse(x).dump() == x` holds.
+class canonical_writer {
+public:
+    canonical_writer& raw(std::string_view s) {
+        out_ += s;
+        return *this;
     }
+    canonical_writer& string(std::string_view s) {
+        if (!is_utf8(s)) {
+            throw std::invalid_argument("cannot write the manifest: " + printable(s) +
+                                        " is not valid UTF-8");
+        }
+        out_ += '"';
+        for (char ch : s) {
+            switch (ch) {
+                case '"': out_ += "\\\""; break;
+                case '\\': out_ += "\\\\"; break;
+                case '\b': out_ += "\\b"; break;
+                case '\f': out_ += "\\f"; break;
+                case '\n': out_ += "\\n"; break;
+                case '\r': out_ += "\\r"; break;
+                case '\t': out_ += "\\t"; break;
+                default:
+                    if (static_cast<unsigned char>(ch) < 0x20) {
+                        char buf[8];
+                        std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(ch));
+                        out_ += buf;
+                    } else {
+                        out_ += ch;
+                    }
+            }
+        }
+        out_ += '"';
+        return *this;
+    }
+    /// `"name":` — with a comma before it unless it is the first of its object.
+    canonical_writer& key(std::string_view name, bool first = false) {
+        if (!first) {
+            out_ += ',';
+        }
+        return string(name).raw(":");
+    }
+    canonical_writer& number(std::int64_t v) { return raw(std::to_string(v)); }
+    canonical_writer& unsigned_number(std::uint64_t v) { return raw(std::to_string(v)); }
+    std::string take() && { return std::move(out_); }
+
+private:
+    std::string out_;
+};
+
+template <class T>
+std::vector<const T*> sorted_by_name(const std::vector<T>& items) {
+    std::vector<const T*> out;
+    out.reserve(items.size());
+    for (const auto& i : items) {
+        out.push_back(&i);
+    }
+    std::sort(out.begin(), out.end(), [](auto* a, auto* b) { return a->name < b->name; });
+    return out;
 }
 
 }  // namespace
 
 std::string canonical_json(const manifest& m) {
-    // nlohmann::json keeps object keys in a std::map: sorted by bytes, which is the canonical
-    // order; dump(-1) writes no whitespace and escapes only what JSON requires.
-    std::vector<const manifest_file*> files;
-    for (const auto& f : m.files) {
-        files.push_back(&f);
+    canonical_writer w;
+    w.raw("{").key("algorithm", true).string(m.algorithm);
+    w.key("commit_sha").string(m.facts.commit_sha);
+    w.key("created").string(m.facts.created);
+    w.key("files").raw("[");
+    bool first = true;
+    for (const auto* f : sorted_by_name(m.files)) {
+        w.raw(first ? "{" : ",{").key("name", true).string(f->name);
+        w.key("sha256").string(f->sha256).key("size").unsigned_number(f->size).raw("}");
+        first = false;
     }
-    std::sort(files.begin(), files.end(), [](auto* a, auto* b) { return a->name < b->name; });
-    std::vector<const manifest_symlink*> links;
-    for (const auto& l : m.symlinks) {
-        links.push_back(&l);
+    w.raw("]").key("image").string(m.facts.image);
+    w.key("job").raw("{").key("id", true).number(m.facts.job_id);
+    w.key("url").string(m.facts.job_url).raw("}");
+    w.key("key_id").string(m.key_id);
+    w.key("pipeline_id").string(m.facts.pipeline_id);
+    w.key("project").string(m.facts.project);
+    w.key("ref").string(m.facts.ref);
+    w.key("runner").string(m.facts.runner);
+    w.key("symlinks").raw("[");
+    first = true;
+    for (const auto* l : sorted_by_name(m.symlinks)) {
+        w.raw(first ? "{" : ",{").key("name", true).string(l->name);
+        w.key("target").string(l->target).raw("}");
+        first = false;
     }
-    std::sort(links.begin(), links.end(), [](auto* a, auto* b) { return a->name < b->name; });
-
-    json j = json::object();
-    j["version"] = m.version;
-    j["algorithm"] = m.algorithm;
-    j["key_id"] = m.key_id;
-    j["created"] = m.facts.created;
-    j["job"] = {{"id", m.facts.job_id}, {"url", m.facts.job_url}};
-    j["project"] = m.facts.project;
-    j["commit_sha"] = m.facts.commit_sha;
-    j["ref"] = m.facts.ref;
-    j["pipeline_id"] = m.facts.pipeline_id;
-    j["image"] = m.facts.image;
-    j["runner"] = m.facts.runner;
-    json jf = json::array();
-    for (const auto* f : files) {
-        jf.push_back({{"name", f->name}, {"size", f->size}, {"sha256", f->sha256}});
-    }
-    j["files"] = std::move(jf);
-    json jl = json::array();
-    for (const auto* l : links) {
-        jl.push_back({{"name", l->name}, {"target", l->target}});
-    }
-    j["symlinks"] = std::move(jl);
-    return dump_canonical(j);
+    w.raw("]").key("version").number(m.version).raw("}");
+    return std::move(w).take();
 }
 
 manifest_parse_result parse_manifest(std::string_view text) {
@@ -528,47 +575,40 @@ manifest_parse_result parse_manifest(std::string_view text) {
 
 std::string provenance_statement(const std::vector<manifest_file>& files,
                                  const signing_facts& facts) {
-    std::vector<const manifest_file*> sorted;
-    for (const auto& f : files) {
-        sorted.push_back(&f);
-    }
-    std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name; });
-    json subjects = json::array();
-    for (const auto* f : sorted) {
-        subjects.push_back({{"name", f->name}, {"digest", {{"sha256", f->sha256}}}});
-    }
-    json resolved = json::array();
-    if (!facts.commit_sha.empty()) {
-        resolved.push_back({{"uri", "git+" + facts.project + "@" + facts.ref},
-                            {"digest", {{"gitCommit", facts.commit_sha}}}});
-    }
-    json internal = json::object();
+    canonical_writer w;
+    w.raw("{").key("_type", true).string("https://in-toto.io/Statement/v1");
+    w.key("predicate").raw("{").key("buildDefinition", true).raw("{");
+    w.key("buildType", true).string("urn:kiln:gitlab-ci-job:v1");
+    w.key("externalParameters").raw("{").key("job_id", true).number(facts.job_id);
+    w.key("pipeline_id").string(facts.pipeline_id).key("project").string(facts.project);
+    w.key("ref").string(facts.ref).raw("}");
+    w.key("internalParameters").raw("{");
     if (!facts.image.empty()) {
-        internal["image"] = facts.image;
+        w.key("image", true).string(facts.image);
     }
-    json statement = {
-        {"_type", "https://in-toto.io/Statement/v1"},
-        {"subject", std::move(subjects)},
-        {"predicateType", "https://slsa.dev/provenance/v1"},
-        {"predicate",
-         {{"buildDefinition",
-           {{"buildType", "urn:kiln:gitlab-ci-job:v1"},
-            {"externalParameters",
-             {{"project", facts.project},
-              {"ref", facts.ref},
-              {"pipeline_id", facts.pipeline_id},
-              {"job_id", facts.job_id}}},
-            {"internalParameters", std::move(internal)},
-            {"resolvedDependencies", std::move(resolved)}}},
-          {"runDetails",
-           {{"builder",
-             {{"id", "urn:kiln:runner:" + facts.runner},
-              {"version", {{"kiln", std::string(version_string())}}}}},
-            {"metadata",
-             {{"invocationId", facts.job_url.empty() ? std::to_string(facts.job_id) : facts.job_url},
-              {"finishedOn", facts.created}}}}}}},
-    };
-    return dump_canonical(statement);
+    w.raw("}").key("resolvedDependencies").raw("[");
+    if (!facts.commit_sha.empty()) {
+        w.raw("{").key("digest", true).raw("{").key("gitCommit", true).string(facts.commit_sha);
+        w.raw("}").key("uri").string("git+" + facts.project + "@" + facts.ref).raw("}");
+    }
+    w.raw("]}");  // buildDefinition
+    w.key("runDetails").raw("{").key("builder", true).raw("{");
+    w.key("id", true).string("urn:kiln:runner:" + facts.runner);
+    w.key("version").raw("{").key("kiln", true).string(version_string()).raw("}}");
+    w.key("metadata").raw("{").key("finishedOn", true).string(facts.created);
+    w.key("invocationId")
+        .string(facts.job_url.empty() ? std::to_string(facts.job_id) : facts.job_url);
+    w.raw("}}}");  // metadata, runDetails, predicate
+    w.key("predicateType").string("https://slsa.dev/provenance/v1");
+    w.key("subject").raw("[");
+    bool first = true;
+    for (const auto* f : sorted_by_name(files)) {
+        w.raw(first ? "{" : ",{").key("digest", true).raw("{").key("sha256", true);
+        w.string(f->sha256).raw("}").key("name").string(f->name).raw("}");
+        first = false;
+    }
+    w.raw("]}");
+    return std::move(w).take();
 }
 
 trailer_function make_signing_trailer(key signer, signing_facts facts,

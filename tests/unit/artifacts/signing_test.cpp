@@ -183,6 +183,29 @@ TEST_CASE("the manifest's canonical form is sorted, compact and stable", "[artif
     CHECK(parsed.value->files[0].name == "a/b \"q\".bin");
 }
 
+TEST_CASE("manifest and provenance are what a JSON library writes for them", "[artifacts][signing]") {
+    // The canonical writer must agree with nlohmann::json's sorted, compact dump for any names:
+    // quotes, backslashes, control bytes, non-ASCII.
+    manifest m;
+    m.algorithm = "ecdsa-p256-sha256";
+    m.key_id = "sha256:00";
+    m.facts = sample_facts();
+    m.facts.image = "";
+    m.files = {{"tab\there\\\"x\"", 1, std::string(64, 'c')},
+               {"ctl\x01\x1f\x7f.bin", 2, std::string(64, 'd')},
+               {"gr\xC3\xBC\xC3\x9F/\xE2\x82\xAC \xF0\x9F\x94\x91", 3, std::string(64, 'e')},
+               {"a\r\n\b\f", 0, std::string(64, 'f')}};
+    m.symlinks = {{"l\"nk", "t\\rget"}};
+    auto text = canonical_json(m);
+    CHECK(nlohmann::json::parse(text).dump() == text);
+    auto statement = provenance_statement(m.files, m.facts);
+    CHECK(nlohmann::json::parse(statement).dump() == statement);
+    m.facts.commit_sha.clear();
+    m.facts.image = "golang:1.22";
+    statement = provenance_statement({}, m.facts);
+    CHECK(nlohmann::json::parse(statement).dump() == statement);
+}
+
 TEST_CASE("a name that is not UTF-8 cannot go into a manifest", "[artifacts][signing]") {
     manifest m;
     m.files = {{"bad\xff.bin", 1, std::string(64, '0')}};
