@@ -187,6 +187,9 @@ void operations::set_runner_source(std::function<std::vector<runner_view>()> sou
 
 void operations::set_concurrent(std::int64_t concurrent) {
     concurrent_.set({}, static_cast<double>(concurrent));
+    if (ready_) {
+        update_status();  // a reload may have added or removed runners
+    }
 }
 
 std::vector<runner_view> operations::runners() const {

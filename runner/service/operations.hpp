@@ -62,6 +62,7 @@ public:
 
     /// Where the live runners come from (called at scrape time, so reloads show at once).
     void set_runner_source(std::function<std::vector<runner_view>()> source);
+    /// At start and after every reload (which also refreshes STATUS= with the runner count).
     void set_concurrent(std::int64_t concurrent);
 
     /// Binds listen_address (when not empty) and serves; throws std::runtime_error with a

@@ -348,6 +348,23 @@ class NotifyTest(KilnServiceBase):
     def test_abstract_socket_address(self):
         self.check_ready_then_stopping(abstract=True)
 
+    def test_status_follows_a_reload(self):
+        self.write_config()
+        sock, address = self.notify_socket(abstract=False)
+        self.start_kiln({"NOTIFY_SOCKET": address})
+        self.receive_until(sock, "READY=1")
+        self.receive_until(sock, "STATUS=0 jobs running, 1 runner", timeout=10)  # sent after READY
+        second = self.gitlab.create_runner(kind="glrt")["token"]
+        with open(self.config, "a") as f:
+            f.write(f'[[runners]]\n  name = "second"\n  url = "{self.gitlab.url}"\n'
+                    f'  token = "{second}"\n  executor = "shell"\n'
+                    f'  builds_dir = "{os.path.join(self.dir, "builds2")}"\n')
+        self.proc.send_signal(signal.SIGHUP)
+        self.receive_until(sock, "STATUS=0 jobs running, 2 runners")
+        self.proc.send_signal(signal.SIGQUIT)
+        self.receive_until(sock, "STOPPING=1")
+        self.assertEqual(self.proc.wait(timeout=60), 0, self.kiln_log())
+
     def test_no_socket_no_change(self):
         self.write_config()
         self.start_kiln({"NOTIFY_SOCKET": ""})
