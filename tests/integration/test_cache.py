@@ -206,11 +206,14 @@ class CacheTest(unittest.TestCase):
             self.proc.kill()
             self.proc.wait()
 
-    def write_config(self, s3_address=None, path="ci", shared=False):
+    def write_config(self, s3_address=None, path="ci", shared=False, executor="shell"):
         text = ("concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 5\n\n[[runners]]\n"
                 f'  name = "cache"\n  url = "{self.gitlab.url}"\n  token = "{self.token}"\n'
-                f'  tls-ca-file = "{self.gitlab.ca_file}"\n  executor = "shell"\n'
+                f'  tls-ca-file = "{self.gitlab.ca_file}"\n  executor = "{executor}"\n'
                 f'  builds_dir = "{self.builds}"\n  cache_dir = "{self.cache_dir}"\n')
+        if executor == "docker":
+            text += ('  [runners.docker]\n    image = "local/busybox"\n'
+                     '    pull_policy = ["if-not-present"]\n')
         if s3_address:
             text += (f'  [runners.cache]\n    Type = "s3"\n    Path = "{path}"\n'
                      f'    Shared = {"true" if shared else "false"}\n'
@@ -456,6 +459,25 @@ class CacheTest(unittest.TestCase):
         self.assertEqual(state["failure_reason"], "script_failure")
         self.assertIn("unknown cache policy sometimes for k", trace)
         self.assertNotIn("\nnever\n", trace)
+
+    def test_docker_jobs_share_the_s3_cache(self):
+        # Needs the test engine and local/busybox (scripts/docker-setup.sh; CI runs it).
+        self.write_config(self.s3.address, executor="docker")
+        make = ["mkdir -p vendor/sub", "echo docker-cache > vendor/sub/x",
+                "head -c 200000 /dev/urandom > vendor/r", "sha256sum vendor/r"]
+        push = self.run_job([{"key": "in-docker", "paths": ["vendor"]}], make)
+        trace = self.plain(push["trace"])
+        self.assertEqual(push["state"], "success", trace)
+        self.assertIn("Created cache", trace)
+        digest = re.search(r"^([0-9a-f]{64})  vendor/r$", trace, re.M).group(1)
+        shutil.rmtree(self.cache_dir)
+        pull = self.run_job([{"key": "in-docker", "paths": ["vendor"], "policy": "pull"}],
+                            ["sha256sum vendor/r", "cat vendor/sub/x"])
+        trace = self.plain(pull["trace"])
+        self.assertEqual(pull["state"], "success", trace)
+        self.assertIn("Successfully extracted cache", trace)
+        self.assertIn(f"{digest}  vendor/r", trace)
+        self.assertIn("\ndocker-cache\n", trace)
 
     def test_tar_zstd_archives(self):
         self.write_config(self.s3.address)
