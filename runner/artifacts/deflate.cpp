@@ -11,14 +11,16 @@ namespace kiln::artifacts::detail {
 // Chosen with bench/archive_bench on the reference tree (docs/benchmarks.md, "Issue 5").
 // isa-l does everything up to "default": level 2 costs no more CPU than level 1 there and is
 // 0.6% smaller. A tree of headers is thousands of tiny deflate streams, and building Huffman
-// tables for each is a sixth of all CPU; isa-l level 0 uses fixed tables, so files under
-// 4 KiB use it at fast/default (10% less CPU, 3% bigger archive). The slow levels buy ~12% in
+// tables for each is a sixth of all CPU; isa-l level 0 uses fixed tables, so small files use
+// it: under 4 KiB at "default" (10% less CPU for a 3% bigger archive), under 16 KiB at "fast"
+// (gitlab-runner's "fast" is deflate level 1, the zip -1 equivalent: 8% less CPU again for
+// 2.4% more size). The slow levels buy ~12% in
 // size for 3x the CPU with libdeflate on whole files (most files of a source tree fit in one
 // 512 KiB task) and isa-l's best level on the pieces of split files.
 level_plan plan_for(compression_level level) {
     switch (level) {
         case compression_level::fastest: return {0, 0, 0};
-        case compression_level::fast: return {1, 0, 4096};
+        case compression_level::fast: return {1, 0, 16384};
         case compression_level::normal: return {2, 0, 4096};
         case compression_level::slow: return {3, 6, 0};
         case compression_level::slowest: return {3, 9, 0};
