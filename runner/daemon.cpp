@@ -27,6 +27,7 @@
 #include "runner/gitlab/tokens.hpp"
 #include "runner/job.hpp"
 #include "runner/service/operations.hpp"
+#include "runner/prune.hpp"
 #include "runner/spool.hpp"
 #include "runner/util/blocking.hpp"
 #include "runner/system_id_state.hpp"
@@ -212,6 +213,7 @@ public:
         ops_->polling_started();
         spool_dir_ = spool::directory(options_.config_path, options_.settings.spool_dir);
         deliver_spooled_at_start();
+        asio::co_spawn(io_, prune_hourly(), asio::detached);
         schedule_trim();
         io_.run();
         log::info("kiln stopped", {{"jobs", static_cast<long long>(finished_jobs_)}});
@@ -749,7 +751,12 @@ private:
                                                   std::string trace) {
             return spool_final_state(entry, job_id, std::move(u), std::move(trace));
         };
-        asio::co_spawn(io_, run_job(ctx, std::move(job), control),
+        if (r.entry.executor == "docker") {
+            prune::mark_volume_use(prune::volume_marks_dir(options_.config_path), r.short_token,
+                                   job.info.project_id);
+        }
+        auto lock_path = prune::slot_lock_path(prune::builds_dir_of(r.entry), r.short_token, cid);
+        asio::co_spawn(io_, run_locked_job(std::move(lock_path), ctx, std::move(job), control),
                        [this, rp, id, cid](std::exception_ptr e, job_outcome outcome) {
                            auto& r = *rp;
                            if (e) {
@@ -780,6 +787,52 @@ private:
                        });
         if (terminating_) {
             control->cancel(true);
+        }
+    }
+
+    // The job holds its slot's lock while it runs, so `kiln prune` (or the hourly prune) never
+    // touches its checkout. A prune holding the lock right now delays the start briefly.
+    asio::awaitable<job_outcome> run_locked_job(std::filesystem::path lock_path, job_context ctx,
+                                                gitlab::job_spec job,
+                                                std::shared_ptr<job_control> control) {
+        std::optional<prune::slot_lock> lock;
+        std::error_code ec;
+        std::filesystem::create_directories(lock_path.parent_path(), ec);
+        for (int attempt = 0; !ec && attempt < 600; ++attempt) {
+            lock = prune::slot_lock::try_acquire(lock_path);
+            if (lock || errno != EWOULDBLOCK) {
+                break;
+            }
+            asio::steady_timer t(io_, 100ms);
+            co_await t.async_wait(use_tuple);
+        }
+        if (!lock) {
+            log::debug("running the job without its slot lock", {{"lock", lock_path.string()}});
+        }
+        auto outcome = co_await run_job(ctx, std::move(job), std::move(control));
+        co_return outcome;
+    }
+
+    // prune_older_than > 0: builds and cache directories and cache volumes unused for longer
+    // are removed an hour after start and every hour after that.
+    asio::awaitable<void> prune_hourly() {
+        using namespace asio::experimental::awaitable_operators;
+        while (!closed_ && !stopping_) {
+            asio::steady_timer t(io_, 1h);
+            co_await (t.async_wait(use_tuple) || closing_.async_wait(use_tuple));
+            const auto age = options_.settings.prune_older_than;
+            if (closed_ || stopping_ || age.count() <= 0) {
+                continue;
+            }
+            prune::report rep;
+            co_await prune::prune_all(io_.get_executor(), options_.settings,
+                                      options_.config_path, age, false, rep);
+            for (const auto& r : rep.removed) {
+                log::info("pruned " + r);
+            }
+            for (const auto& e : rep.errors) {
+                log::warn("prune: " + e);
+            }
         }
     }
 

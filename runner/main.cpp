@@ -145,6 +145,17 @@ int main(int argc, char** argv) {
     c_run->add_option("--max-jobs", run.max_jobs, "Exit after this many jobs (0: until signalled)");
     c_run->callback([&] { rc = run_daemon(g, run); });
 
+    prune_options prune;
+    auto* c_prune = app.add_subcommand(
+        "prune", "Remove builds/cache directories and Docker cache volumes unused for a while");
+    add_global_options(c_prune, g);
+    c_prune->add_option("--older-than", prune.older_than,
+                        "Age, e.g. 7d, 168h, 90m (default: prune_older_than, else 7d)");
+    c_prune->add_flag("--dry-run", prune.dry_run, "Only show what would be removed");
+    c_prune->add_option("-d,--working-directory", prune.working_directory,
+                        "The daemon's working directory (for the default ./builds and ./cache)");
+    c_prune->callback([&] { rc = run_prune(g, prune); });
+
     artifacts_verify_options art_verify;
     auto* c_artifacts = app.add_subcommand("artifacts", "Signed artifact archives (docs/artifacts.md)");
     c_artifacts->require_subcommand(1);

@@ -76,6 +76,13 @@ struct run_options {
 };
 int run_daemon(const global_options& g, const run_options& o);
 
+struct prune_options {
+    std::string older_than;  // empty: prune_older_than from the config, else 7 days
+    bool dry_run = false;
+    std::string working_directory;  // where relative (default) builds/cache dirs live
+};
+int run_prune(const global_options& g, const prune_options& o);
+
 struct artifacts_verify_options {
     std::string archive;
     std::vector<std::string> key_files;  // --key, repeatable: any one may have signed it
