@@ -1,11 +1,13 @@
 #include "runner/cache/cache_stages.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <optional>
@@ -180,6 +182,45 @@ std::string http_date(fs::file_time_type t) {
     char buf[64];
     std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     return buf;
+}
+
+// gitlab-runner's isFileChanged, made independent of directory and link times (extraction
+// sets only the files' mtimes): the archive exists, holds exactly the selected files and links,
+// and no selected file was modified after it.
+bool archive_up_to_date(const fs::path& archive, const std::vector<artifacts::archive_entry>& entries) {
+    struct stat a {};
+    if (::stat(archive.c_str(), &a) != 0) {
+        return false;
+    }
+    std::vector<std::string> selected;
+    for (const auto& e : entries) {
+        struct stat s {};
+        if (::lstat(e.source.c_str(), &s) != 0) {
+            return false;
+        }
+        if (S_ISDIR(s.st_mode)) {
+            continue;
+        }
+        if (S_ISREG(s.st_mode) &&
+            (s.st_mtim.tv_sec > a.st_mtim.tv_sec ||
+             (s.st_mtim.tv_sec == a.st_mtim.tv_sec && s.st_mtim.tv_nsec > a.st_mtim.tv_nsec))) {
+            return false;
+        }
+        selected.push_back(e.name);
+    }
+    std::vector<std::string> archived;
+    try {
+        artifacts::read_archive(archive, [&](const artifacts::entry_info& info, const auto&) {
+            if (info.type != artifacts::entry_type::directory) {
+                archived.push_back(info.name);
+            }
+        });
+    } catch (const std::exception&) {
+        return false;  // unreadable: make a new one
+    }
+    std::sort(selected.begin(), selected.end());
+    std::sort(archived.begin(), archived.end());
+    return selected == archived;
 }
 
 fs::path temp_next_to(const fs::path& file) {
@@ -431,6 +472,7 @@ asio::awaitable<std::string> archive(stage_context ctx, bool job_succeeded) {
         struct made {
             std::vector<message> messages;
             std::size_t entries = 0;
+            bool up_to_date = false;
             std::string error;
         };
         // Selection and compression run on the blocking pool; the archive is written next to
@@ -442,6 +484,10 @@ asio::awaitable<std::string> archive(stage_context ctx, bool job_succeeded) {
                 r.messages = std::move(sel.messages);
                 r.entries = sel.entries.size();
                 if (sel.entries.empty()) {
+                    return r;
+                }
+                if (archive_up_to_date(archive, sel.entries)) {
+                    r.up_to_date = true;
                     return r;
                 }
                 std::error_code ec;
@@ -476,6 +522,14 @@ asio::awaitable<std::string> archive(stage_context ctx, bool job_succeeded) {
         if (!m.error.empty()) {
             p.helper_warning(m.error);
             p.warning("Failed to create cache");
+            continue;
+        }
+        if (m.up_to_date) {
+            // gitlab-runner's cache-archiver: nothing newer than the archive, so neither a new
+            // archive nor an upload (the archive came from this cache or was made from these
+            // very files).
+            p.info("Archive is up to date!");
+            p.notice("Created cache");
             continue;
         }
         if (m.entries == 0) {

@@ -479,6 +479,29 @@ class CacheTest(unittest.TestCase):
         self.assertIn(f"{digest}  vendor/r", trace)
         self.assertIn("\ndocker-cache\n", trace)
 
+    def test_an_unchanged_cache_is_not_archived_or_uploaded_again(self):
+        self.write_config(self.s3.address)
+        cache = [{"key": "steady", "paths": ["vendor"]}]
+        first = self.run_job(cache, ['cp -a "$CACHE_SRC" vendor'])
+        self.assertIn("Created cache", first["trace"])
+        puts = lambda: [r for r in self.s3.requests()
+                        if r["method"] == "PUT" and "/steady?" in r["url"]]
+        self.assertEqual(len(puts()), 1)
+        same = self.run_job(cache, ["ls vendor >/dev/null"])
+        trace = self.plain(same["trace"])
+        self.assertIn("Successfully extracted cache", trace)
+        self.assertIn("Archive is up to date!", trace)
+        self.assertIn("Created cache", trace)
+        self.assertEqual(len(puts()), 1)
+        changed = self.run_job(cache, ["echo more >> 'vendor/sub dir/empty'"])
+        trace = self.plain(changed["trace"])
+        self.assertNotIn("Archive is up to date!", trace)
+        self.assertIn("Uploading cache.zip to", trace)
+        self.assertEqual(len(puts()), 2)
+        deleted = self.run_job(cache, ["rm 'vendor/sub dir/empty'"])
+        self.assertNotIn("Archive is up to date!", self.plain(deleted["trace"]))
+        self.assertEqual(len(puts()), 3)
+
     def test_tar_zstd_archives(self):
         self.write_config(self.s3.address)
         fmt = [{"key": "CACHE_COMPRESSION_FORMAT", "value": "tarzstd"},
