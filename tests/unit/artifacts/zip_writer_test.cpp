@@ -293,3 +293,41 @@ TEST_CASE("write_zip streams entries from a generator into a pipe, byte for byte
     CHECK(s.archive_bytes == piped.size());
     CHECK(piped == read_file(zip));
 }
+
+// Hidden (takes ~30 s and 5 GB of sparse file): run with  kiln_unit_tests "[.zip64-big]".
+TEST_CASE("write_zip writes a file over 4 GiB with zip64 sizes and offsets", "[.zip64-big]") {
+    temp_dir d;
+    fs::path big = d.path / "big.bin";
+    {
+        std::ofstream f(big, std::ios::binary);
+        f << "head";
+    }
+    fs::resize_file(big, (4ULL << 30) + 12345);  // sparse: reads as zeros
+    write_file(d.path / "after.txt", "after the big one\n");
+    fs::path zip = d.path / "big.zip";
+    zip_options o;
+    o.level = compression_level::fastest;
+    o.threads = 2;
+    archive_stats s = write_zip({{"big.bin", big}, {"after.txt", d.path / "after.txt"}}, zip, o);
+    CHECK(s.uncompressed_bytes == (4ULL << 30) + 12345 + 18);
+    auto [rc, out] = python(d.path, R"(
+import sys, zipfile, zlib
+z = zipfile.ZipFile(sys.argv[1])
+for i in z.infolist():
+    crc = 0
+    with z.open(i) as f:
+        while True:
+            b = f.read(1 << 24)
+            if not b: break
+            crc = zlib.crc32(b, crc)
+    print(i.filename, i.file_size, crc == i.CRC, i.header_offset > 0xffffffff)
+)",
+                            quote(zip));
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(out == "big.bin 4294979641 True False\nafter.txt 18 True " +
+                     std::string(s.archive_bytes > 0xffffffffULL ? "True" : "False") + "\n");
+    auto [urc, uout] = run("unzip -tqq " + quote(zip));
+    INFO(uout);
+    CHECK(urc == 0);
+}
