@@ -261,7 +261,7 @@ asio::awaitable<api_result<update_result>> client::update_job(std::int64_t job_i
 
 asio::awaitable<api_result<patch_result>> client::patch_trace(std::int64_t job_id,
                                                               std::string job_token,
-                                                              std::string content,
+                                                              std::string_view content,
                                                               std::int64_t offset,
                                                               bool debug_trace) {
     const auto length = static_cast<std::int64_t>(content.size());
@@ -275,7 +275,9 @@ asio::awaitable<api_result<patch_result>> client::patch_trace(std::int64_t job_i
     req.headers.set("Content-Range",
                     std::to_string(offset) + "-" + std::to_string(offset + length - 1));
     req.headers.set("JOB-TOKEN", job_token);
-    req.set_body(std::move(content));
+    net::body_part body;
+    body.borrowed = content;
+    req.body.push_back(std::move(body));
     req.timeout = impl_->config.request_timeout;
     co_return co_await impl_->call_mapped<patch_result>(
         "jobs/:id/trace", std::move(req),

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "runner/gitlab/responses.hpp"
 #include "runner/gitlab/runner_info.hpp"
@@ -81,8 +82,9 @@ public:
         std::int64_t job_id, job_update update);
 
     /// PATCH /jobs/:id/trace with `content` placed at `offset`; empty content is not sent.
+    /// `content` is sent without a copy: it must stay unchanged until the call completes.
     boost::asio::awaitable<api_result<patch_result>> patch_trace(
-        std::int64_t job_id, std::string job_token, std::string content, std::int64_t offset,
+        std::int64_t job_id, std::string job_token, std::string_view content, std::int64_t offset,
         bool debug_trace);
 
     /// POST /jobs/:id/artifacts, streaming `archive` from disk in a multipart body.

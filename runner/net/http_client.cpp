@@ -184,8 +184,8 @@ asio::awaitable<exchange_result> exchange(
     std::array<char, chunk_size> chunk{};
     for (const auto& part : req.body) {
         if (part.file.empty()) {
-            if (!part.data.empty()) {
-                pending.push_back(asio::buffer(part.data));
+            if (const auto bytes = part.bytes(); !bytes.empty()) {
+                pending.push_back(asio::buffer(bytes.data(), bytes.size()));
             }
             continue;
         }
@@ -419,7 +419,7 @@ asio::awaitable<http_outcome> http_client::send(http_request req) {
     std::uint64_t content_length = 0;
     for (const auto& part : req.body) {
         if (part.file.empty()) {
-            content_length += part.data.size();
+            content_length += part.bytes().size();
             continue;
         }
         std::error_code fec;

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "runner/net/http_message.hpp"
@@ -18,10 +19,15 @@
 namespace kiln::net {
 
 /// One piece of a request body: bytes in memory, or a file streamed from disk in 64 KiB reads
-/// so large uploads are never held in memory.
+/// so large uploads are never held in memory. Exactly one of the three is set.
 struct body_part {
     std::string data;
     std::filesystem::path file;
+    /// Bytes the caller owns and keeps unchanged until send() completes: sent without a copy
+    /// (trace PATCHes reuse one buffer for every request).
+    std::string_view borrowed;
+
+    std::string_view bytes() const { return borrowed.empty() ? std::string_view(data) : borrowed; }
 };
 
 struct http_request {

@@ -9,6 +9,7 @@ namespace kiln::trace {
 namespace {
 namespace asio = boost::asio;
 constexpr auto keep_alive_after = std::chrono::seconds(30);
+constexpr std::size_t large_patch = 64 * 1024;
 }  // namespace
 
 trace_streamer::trace_streamer(asio::any_io_executor ex, gitlab::client& api, std::int64_t job_id,
@@ -33,13 +34,34 @@ void trace_streamer::note_cancel(bool graceful_requested, bool abort_requested) 
     }
 }
 
+std::string_view trace_streamer::next_chunk() {
+    const std::size_t backlog = buffer_.size() > sent_ ? buffer_.size() - sent_ : 0;
+    const std::size_t want = std::min(backlog, max_patch_bytes);
+    if (want > patch_cap_) {
+        patch_buf_.reset();  // free first: never hold two
+        patch_buf_.reset(new char[want]);  // not value-initialised: no zero fill
+        patch_cap_ = want;
+    }
+    return {patch_buf_.get(), buffer_.read(sent_, patch_buf_.get(), want)};
+}
+
+void trace_streamer::release_chunk() {
+    // Kept only while a backlog of large PATCHes is being sent; a job that writes little
+    // holds no buffer between PATCHes.
+    if (buffer_.size() - std::min(sent_, buffer_.size()) < large_patch) {
+        patch_buf_.reset();
+        patch_cap_ = 0;
+    }
+}
+
 asio::awaitable<bool> trace_streamer::send_once() {
-    auto chunk = buffer_.slice(sent_, max_patch_bytes);
+    const auto chunk = next_chunk();
     if (chunk.empty()) {
         co_return true;
     }
     const auto start = static_cast<std::int64_t>(sent_);
-    auto r = co_await api_.patch_trace(job_id_, job_token_, std::move(chunk), start, false);
+    auto r = co_await api_.patch_trace(job_id_, job_token_, chunk, start, false);
+    release_chunk();
     if (!r.reached()) {
         log::warn("sending the job log failed: " + r.transport.message, {{"job", job_id_}});
         co_return false;

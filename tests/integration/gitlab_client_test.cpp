@@ -369,6 +369,43 @@ TEST_CASE("patch_trace sends text with an inclusive Content-Range", "[gitlab-cli
     CHECK(requests[0].body == "hello");
 }
 
+TEST_CASE("patch_trace sends a large body without copying it, unchanged on every retry",
+          "[gitlab-client]") {
+    // The streamer lends its buffer: the same bytes must go out on each attempt.
+    std::string log;
+    for (int i = 0; log.size() < (1u << 20); ++i) {
+        log += "line " + std::to_string(i) + " of a large job log\n";
+    }
+    log.resize(1u << 20);
+    net::http_headers range;
+    range.set("Range", "0-" + std::to_string(log.size()));
+    test_http_server server([&](const recorded_request& r) {
+        if (r.index == 0) {
+            return net::http_response{503, {}, "{\"message\":\"503 Service Unavailable\"}"};
+        }
+        return net::http_response{202, range, ""};
+    });
+    run_coroutine_test(
+        [&]() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            gitlab::client gl(ex, config_for(server));
+            const std::string_view lent = log;
+            auto r = co_await gl.patch_trace(7, "glcbt-job", lent, 0, false);
+            REQUIRE(r.reached());
+            CHECK(r.value.status == gitlab::patch_status::succeeded);
+            CHECK(r.value.new_offset == static_cast<std::int64_t>(log.size()));
+        },
+        10s
+    );
+    auto requests = server.requests();
+    REQUIRE(requests.size() == 2);
+    for (const auto& r : requests) {
+        CHECK(r.headers.get("Content-Range") == "0-" + std::to_string(log.size() - 1));
+        CHECK(r.headers.get("Content-Length") == std::to_string(log.size()));
+        CHECK(r.body == log);
+    }
+}
+
 TEST_CASE("update_job puts the token in the body and omits a zero exit code", "[gitlab-client]") {
     test_http_server server(respond_with(200));
     run_coroutine_test(
