@@ -4,10 +4,12 @@
 // executors never talk to GitLab.
 
 #include <boost/asio/awaitable.hpp>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -19,6 +21,9 @@ struct stage_request {
     std::vector<std::pair<std::string, std::string>> env;  // the job's variables, in order
     std::filesystem::path working_directory;
     std::filesystem::path scratch_directory;  // private to the job (mode 0700), for scripts
+    /// Deliver standard error as its own stream (timestamped logs mark its lines). Otherwise an
+    /// executor may merge it into standard output, which keeps the order of interleaved writes.
+    bool separate_stderr = false;
 };
 
 struct stage_result {
@@ -28,7 +33,32 @@ struct stage_result {
     std::string system_error;    // the stage could not run at all; exit_code is meaningless
 };
 
-using output_sink = std::function<void(std::string_view)>;
+enum class output_stream : std::uint8_t { stdout_stream, stderr_stream };
+
+/// Receives a stage's output as it is written: sink(stream, bytes), or sink(bytes) for standard
+/// output. Built from a callable taking (output_stream, std::string_view), or one taking only the
+/// bytes (then every stream's output goes to it alike).
+class output_sink {
+public:
+    using function = std::function<void(output_stream, std::string_view)>;
+
+    output_sink() = default;
+    template <class F>
+        requires(std::is_invocable_v<F&, output_stream, std::string_view> &&
+                 !std::is_same_v<std::remove_cvref_t<F>, output_sink>)
+    output_sink(F f) : f_(std::move(f)) {}
+    template <class F>
+        requires(std::is_invocable_v<F&, std::string_view> &&
+                 !std::is_invocable_v<F&, output_stream, std::string_view>)
+    output_sink(F f)
+        : f_([f = std::move(f)](output_stream, std::string_view bytes) mutable { f(bytes); }) {}
+
+    void operator()(std::string_view bytes) const { f_(output_stream::stdout_stream, bytes); }
+    void operator()(output_stream stream, std::string_view bytes) const { f_(stream, bytes); }
+
+private:
+    function f_;
+};
 
 class executor {
 public:

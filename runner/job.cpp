@@ -15,6 +15,7 @@
 #include <ctime>
 #include <fstream>
 #include <map>
+#include <optional>
 
 #include "executors/docker/docker_executor.hpp"
 #include "executors/docker/docker_rules.hpp"
@@ -71,6 +72,33 @@ std::string host_name() {
     return ::gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string("localhost");
 }
 
+// Go's strconv.ParseBool, which gitlab-runner uses for feature flags.
+std::optional<bool> parse_go_bool(std::string_view v) {
+    for (std::string_view t : {"1", "t", "T", "TRUE", "true", "True"}) {
+        if (v == t) {
+            return true;
+        }
+    }
+    for (std::string_view f : {"0", "f", "F", "FALSE", "false", "False"}) {
+        if (v == f) {
+            return false;
+        }
+    }
+    return std::nullopt;
+}
+
+// gitlab-runner's IsFeatureFlagOn: the job's variable, else [runners.feature_flags], else off.
+bool feature_flag(const gitlab::job_spec& job, const config::runner_entry& runner,
+                  const std::string& name) {
+    if (const auto* v = gitlab::find_variable(job.variables, name)) {
+        if (auto on = parse_go_bool(v->value)) {
+            return *on;
+        }
+    }
+    const auto it = runner.feature_flags.find(name);
+    return it != runner.feature_flags.end() && it->second;
+}
+
 enum class stop_reason { none, graceful_cancel, abort, timeout };
 
 class job_run {
@@ -78,7 +106,7 @@ public:
     job_run(asio::any_io_executor ex, job_context ctx, gitlab::job_spec job,
             std::shared_ptr<job_control> control)
         : ex_(ex), ctx_(ctx), job_(std::move(job)), control_(std::move(control)),
-          buffer_(trace_limit(ctx.runner), secrets(job_), trace_settings(job_)),
+          buffer_(trace_limit(ctx.runner), secrets(job_), trace_settings(job_, ctx.runner)),
           streamer_(ex, ctx.api, job_.id, job_.token, buffer_), deadline_timer_(ex),
           kill_timer_(ex), host_(ex, ctx.runner.shell), stages_exec_(&host_) {
         if (ctx_.runner.executor == "docker") {
@@ -95,11 +123,13 @@ private:
         return r.output_limit > 0 ? static_cast<std::size_t>(r.output_limit) * 1024
                                   : trace::default_limit;
     }
-    static trace::trace_options trace_settings(const gitlab::job_spec& job) {
+    static trace::trace_options trace_settings(const gitlab::job_spec& job,
+                                               const config::runner_entry& runner) {
         trace::trace_options o;
         o.token_prefixes = job.features.token_mask_prefixes;
         const auto* ff = gitlab::find_variable(job.variables, "FF_MASK_ALL_DEFAULT_TOKENS");
         o.mask_all_default_tokens = ff == nullptr || ff->value != "false";
+        o.timestamps = feature_flag(job, runner, "FF_TIMESTAMPS");
         return o;
     }
     static std::vector<std::string> secrets(const gitlab::job_spec& job) {
@@ -274,7 +304,15 @@ asio::awaitable<executors::stage_result> job_run::run_stage(executors::executor&
     req.working_directory = std::filesystem::exists(project_dir_, ec) ? project_dir_ : builds_dir_;
     req.scratch_directory = tmp_dir_;
     running_ = &exec;
-    auto result = co_await exec.run_stage(std::move(req), [this](std::string_view s) { out(s); });
+    req.separate_stderr = buffer_.timestamps();  // stderr lines are marked E
+    auto result = co_await exec.run_stage(
+        std::move(req), [this](executors::output_stream stream, std::string_view s) {
+            buffer_.write(stream == executors::output_stream::stderr_stream
+                              ? trace::source::job_stderr
+                              : trace::source::job_stdout,
+                          s);
+        });
+    buffer_.end_job_output();
     running_ = nullptr;
     kill_timer_.cancel();
     co_return result;

@@ -789,7 +789,9 @@ asio::awaitable<stage_result> docker_executor::run_stage(stage_request request, 
         result.system_error = "starting the build container failed: " + started.message();
         co_return result;
     }
-    stream_demux demux([&sink](int, std::string_view payload) { sink(payload); });
+    stream_demux demux([&sink](int stream, std::string_view payload) {
+        sink(stream == 2 ? output_stream::stderr_stream : output_stream::stdout_stream, payload);
+    });
     // Reading and writing at once: a script that prints more than the socket buffers while
     // its stdin is still being written would otherwise deadlock.
     auto [read_error, write_error] = co_await (

@@ -36,10 +36,19 @@ struct child_process::impl {
     pid_t pid = -1;
     bool reaped = false;
     asio::posix::stream_descriptor output;
+    asio::posix::stream_descriptor errors;  // open only with separate_stderr
     asio::posix::stream_descriptor exit_fd;
 
-    explicit impl(asio::any_io_executor ex) : output(ex), exit_fd(ex) {}
+    explicit impl(asio::any_io_executor ex) : output(ex), errors(ex), exit_fd(ex) {}
 };
+
+namespace {
+
+// A larger pipe lets a chatty job write more between kiln's reads (fewer wake-ups). 1 MiB is the
+// default /proc/sys/fs/pipe-max-size; where that is lower, the pipe keeps its size.
+void enlarge_pipe(int fd) { ::fcntl(fd, F_SETPIPE_SZ, 1024 * 1024); }
+
+}  // namespace
 
 child_process::child_process(asio::any_io_executor ex, const process_spec& spec)
     : impl_(std::make_unique<impl>(ex)) {
@@ -49,12 +58,22 @@ child_process::child_process(asio::any_io_executor ex, const process_spec& spec)
     }
     fd_closer read_end{pipe_fds[0]};
     fd_closer write_end{pipe_fds[1]};
+    fd_closer err_read_end;
+    fd_closer err_write_end;
+    if (spec.separate_stderr) {
+        if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+            throw std::system_error(errno, std::generic_category(), "cannot create a pipe");
+        }
+        err_read_end.fd = pipe_fds[0];
+        err_write_end.fd = pipe_fds[1];
+    }
 
     posix_spawn_file_actions_t actions;
     ::posix_spawn_file_actions_init(&actions);
     ::posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
     ::posix_spawn_file_actions_adddup2(&actions, write_end.fd, 1);
-    ::posix_spawn_file_actions_adddup2(&actions, write_end.fd, 2);
+    ::posix_spawn_file_actions_adddup2(&actions,
+                                       spec.separate_stderr ? err_write_end.fd : write_end.fd, 2);
     if (!spec.cwd.empty()) {
         ::posix_spawn_file_actions_addchdir_np(&actions, spec.cwd.c_str());
     }
@@ -101,10 +120,14 @@ child_process::child_process(asio::any_io_executor ex, const process_spec& spec)
         throw std::system_error(err, std::generic_category(), "pidfd_open");
     }
     impl_->exit_fd.assign(pidfd);
-    // A larger pipe lets a chatty job write more between kiln's reads (fewer wake-ups).
-    ::fcntl(read_end.fd, F_SETPIPE_SZ, 256 * 1024);
+    enlarge_pipe(read_end.fd);
     impl_->output.assign(read_end.fd);
     read_end.fd = -1;
+    if (spec.separate_stderr) {
+        enlarge_pipe(err_read_end.fd);
+        impl_->errors.assign(err_read_end.fd);
+        err_read_end.fd = -1;
+    }
 }
 
 child_process::~child_process() {
@@ -123,17 +146,18 @@ void child_process::signal_group(int sig) {
     }
 }
 
-asio::awaitable<exit_status> child_process::run(std::function<void(std::string_view)> sink) {
+asio::awaitable<exit_status> child_process::run(output_sink sink) {
     using namespace asio::experimental::awaitable_operators;
     auto& s = *impl_;
     exit_status status;
 
-    auto read_all = [&]() -> asio::awaitable<void> {
+    auto read_all = [&](asio::posix::stream_descriptor& pipe,
+                        output_stream stream) -> asio::awaitable<void> {
         std::array<char, 65536> buf;
         for (;;) {
-            auto [ec, n] = co_await s.output.async_read_some(asio::buffer(buf), use_tuple);
+            auto [ec, n] = co_await pipe.async_read_some(asio::buffer(buf), use_tuple);
             if (n > 0) {
-                sink(std::string_view(buf.data(), n));
+                sink(stream, std::string_view(buf.data(), n));
             }
             if (ec) {
                 co_return;  // EOF: every writer is gone
@@ -155,7 +179,12 @@ asio::awaitable<exit_status> child_process::run(std::function<void(std::string_v
         // Background processes the script left would keep the pipe open for ever.
         ::kill(-s.pid, SIGKILL);
     };
-    co_await (read_all() && wait_exit());
+    if (s.errors.is_open()) {
+        co_await (read_all(s.output, output_stream::stdout_stream) &&
+                  read_all(s.errors, output_stream::stderr_stream) && wait_exit());
+    } else {
+        co_await (read_all(s.output, output_stream::stdout_stream) && wait_exit());
+    }
     co_return status;
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// A child process in its own process group, with stdout and stderr merged into one pipe that is
-// read asynchronously, and its exit observed through a pidfd — all on the caller's io_context.
+// A child process in its own process group, with stdout and stderr merged into one pipe (or in
+// two, when they must stay apart) read asynchronously, and its exit observed through a pidfd —
+// all on the caller's io_context.
 
 #include <sys/types.h>
 
@@ -13,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "executors/executor.hpp"
+
 namespace kiln::executors {
 
 struct exit_status {
@@ -24,6 +27,9 @@ struct process_spec {
     std::vector<std::string> argv;
     std::vector<std::string> env;  // "KEY=value"; the whole environment of the child
     std::filesystem::path cwd;
+    /// stderr through its own pipe, delivered as output_stream::stderr_stream. Otherwise both
+    /// share one pipe, so the order of their writes is kept exactly.
+    bool separate_stderr = false;
 };
 
 class child_process {
@@ -38,7 +44,7 @@ public:
     /// its output is drained; then returns how it ended. When the process exits, whatever it
     /// left running in its process group is killed so the pipe closes. Cancelling the awaiting
     /// coroutine does not stop the process: use terminate().
-    boost::asio::awaitable<exit_status> run(std::function<void(std::string_view)> sink);
+    boost::asio::awaitable<exit_status> run(output_sink sink);
 
     /// Sends `sig` to the whole process group (no-op once it is gone).
     void signal_group(int sig);

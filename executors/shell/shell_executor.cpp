@@ -42,6 +42,7 @@ asio::awaitable<stage_result> shell_executor::run_stage(stage_request request, o
         spec.env.push_back(k + "=" + v);
     }
     spec.cwd = request.working_directory;
+    spec.separate_stderr = request.separate_stderr;
     try {
         child_process child(ex_, spec);
         current_ = &child;

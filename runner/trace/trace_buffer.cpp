@@ -17,8 +17,13 @@ namespace {
 // size of one write (masking rarely makes a piece longer; the buffers can grow if it does).
 constexpr std::size_t piece_bytes = 8 * 1024;
 constexpr std::size_t scratch_bytes = piece_bytes + piece_bytes / 4;
-// Final bytes gather in memory up to this size before one write to the spool file.
-constexpr std::size_t spool_batch = 32 * 1024;
+// Final bytes gather in memory up to a batch before one write to the spool file. While the job
+// writes fast (whole pipe reads at a time) the batch is large: the page cache then takes large
+// folios, and per-page kernel work was the largest cost of streaming a big log. A slow job keeps
+// the small batch, so its memory stays small.
+constexpr std::size_t small_spool_batch = 32 * 1024;
+constexpr std::size_t large_spool_batch = 128 * 1024;
+constexpr std::size_t fast_write = 32 * 1024;
 
 std::string spool_directory(const std::string& configured) {
     if (!configured.empty()) {
@@ -72,8 +77,14 @@ masker_options masking(std::vector<std::string> secrets, const trace_options& o)
 
 trace_buffer::trace_buffer(std::size_t limit_bytes, std::vector<std::string> secrets,
                            trace_options options)
-    : limit_(limit_bytes), masker_(masking(std::move(secrets), options)),
-      fd_(open_spool(spool_directory(options.spool_dir))) {}
+    : limit_(limit_bytes), timestamps_(options.timestamps), clock_(options.clock),
+      masking_(masking(std::move(secrets), options)), batch_(small_spool_batch),
+      fd_(open_spool(spool_directory(options.spool_dir))) {
+    lane_for(source::runner);
+    if (!timestamps_) {
+        masking_ = {};  // no other lane will be started
+    }
+}
 
 trace_buffer::~trace_buffer() {
     if (fd_ >= 0) {
@@ -81,31 +92,101 @@ trace_buffer::~trace_buffer() {
     }
 }
 
-void trace_buffer::write(std::string_view data) {
+trace_buffer::lane& trace_buffer::lane_for(source from) {
+    const auto i = timestamps_ ? static_cast<std::size_t>(from) : 0;
+    if (!lanes_[i]) {
+        lanes_[i] = std::make_unique<lane>(lane{masker(masking_), std::nullopt});
+        if (timestamps_) {
+            const bool runner = from == source::runner;
+            lanes_[i]->stamp.emplace(runner ? timestamper::executor_stream : timestamper::work_stream,
+                                     from == source::job_stderr ? 'E' : 'O', clock_);
+        }
+    }
+    return *lanes_[i];
+}
+
+void trace_buffer::write(source from, std::string_view data) {
+    const std::size_t batch = data.size() >= fast_write ? large_spool_batch : small_spool_batch;
+    if (batch < batch_) {
+        // The burst is over: give the large batch's memory back.
+        flush_spool();
+        if (pending_.empty()) {
+            pending_.shrink_to_fit();
+        }
+    }
+    batch_ = batch;
     if (masked_.capacity() < scratch_bytes) {
         masked_.reserve(scratch_bytes);
-        clean_.reserve(scratch_bytes);
+        clean_.reserve(timestamps_ ? 2 * scratch_bytes : scratch_bytes);
+        if (timestamps_) {
+            stamped_.reserve(2 * scratch_bytes);  // a prefix of 32 bytes per line
+        }
     }
+    auto& l = lane_for(from);
     while (!data.empty() && !truncated_) {
         const auto piece = data.substr(0, piece_bytes);
         data.remove_prefix(piece.size());
         masked_.clear();
-        masker_.write(piece, masked_);
-        process(masked_);
+        l.mask.write(piece, masked_);
+        feed(l, masked_);
+    }
+    if (timestamps_ && from == source::runner && !truncated_) {
+        // kiln writes whole messages: hold nothing of one back until the job's output has
+        // come in between.
+        masked_.clear();
+        l.mask.flush(masked_);
+        feed(l, masked_);
+    }
+}
+
+void trace_buffer::feed(lane& l, std::string_view masked) {
+    if (!l.stamp) {
+        process(masked);
+        return;
+    }
+    if (masked.empty()) {
+        return;
+    }
+    stamped_.clear();
+    l.stamp->write(masked, stamped_);
+    process(stamped_);
+}
+
+void trace_buffer::finish(lane& l) {
+    masked_.clear();
+    l.mask.flush(masked_);
+    feed(l, masked_);
+    if (l.stamp) {
+        stamped_.clear();
+        l.stamp->flush(stamped_);
+        process(stamped_);
+    }
+}
+
+void trace_buffer::end_job_output() {
+    if (!timestamps_ || truncated_) {
+        return;
+    }
+    for (auto from : {source::job_stdout, source::job_stderr}) {
+        if (auto& l = lanes_[static_cast<std::size_t>(from)]) {
+            finish(*l);
+        }
     }
 }
 
 void trace_buffer::close() {
     if (!truncated_) {
-        masked_.clear();
-        masker_.flush(masked_);
-        process(masked_);
+        for (auto from : {source::job_stdout, source::job_stderr, source::runner}) {
+            if (auto& l = lanes_[static_cast<std::size_t>(from)]) {
+                finish(*l);
+            }
+        }
         clean_.clear();
         utf8_.flush(clean_);
         commit(clean_);
     }
     flush_spool();
-    for (auto* s : {&masked_, &clean_}) {
+    for (auto* s : {&masked_, &stamped_, &clean_}) {
         s->clear();
         s->shrink_to_fit();
     }
@@ -147,18 +228,18 @@ void trace_buffer::commit(std::string_view bytes) {
 void trace_buffer::append(std::string_view bytes) {
     crc_ = libdeflate_crc32(crc_, bytes.data(), bytes.size());
     size_ += bytes.size();
-    if (pending_.size() + bytes.size() > spool_batch) {
+    if (pending_.size() + bytes.size() > batch_) {
         flush_spool();
     }
-    if (pending_.empty() && bytes.size() >= spool_batch && spooled()) {
+    if (pending_.empty() && bytes.size() >= batch_ && spooled()) {
         if (pwrite_all(fd_, bytes.data(), bytes.size(), spooled_)) {
             spooled_ += bytes.size();
             return;
         }
         spool_failed_ = true;
     }
-    if (pending_.capacity() < spool_batch) {
-        pending_.reserve(spool_batch);
+    if (pending_.capacity() < batch_) {
+        pending_.reserve(batch_);
     }
     pending_.append(bytes);
 }
@@ -177,31 +258,35 @@ void trace_buffer::flush_spool() {
     pending_.clear();
 }
 
-std::string trace_buffer::slice(std::size_t offset, std::size_t max) const {
+std::size_t trace_buffer::read(std::size_t offset, char* dest, std::size_t max) const {
     if (offset >= size_) {
-        return {};
+        return 0;
     }
-    std::string out(std::min(max, size_ - offset), '\0');
+    const std::size_t n = std::min(max, size_ - offset);
     std::size_t done = 0;
     if (offset < spooled_) {
-        const std::size_t want = std::min(out.size(), spooled_ - offset);
+        const std::size_t want = std::min(n, spooled_ - offset);
         while (done < want) {
-            const ssize_t r = ::pread(fd_, out.data() + done, want - done,
+            const ssize_t r = ::pread(fd_, dest + done, want - done,
                                       static_cast<off_t>(offset + done));
             if (r < 0 && errno == EINTR) {
                 continue;
             }
             if (r <= 0) {
-                out.resize(done);  // a read error: hand out what was read
-                return out;
+                return done;  // a read error: hand out what was read
             }
             done += static_cast<std::size_t>(r);
         }
     }
-    if (done < out.size()) {
-        std::memcpy(out.data() + done, pending_.data() + (offset + done - spooled_),
-                    out.size() - done);
+    if (done < n) {
+        std::memcpy(dest + done, pending_.data() + (offset + done - spooled_), n - done);
     }
+    return n;
+}
+
+std::string trace_buffer::slice(std::size_t offset, std::size_t max) const {
+    std::string out(offset < size_ ? std::min(max, size_ - offset) : 0, '\0');
+    out.resize(read(offset, out.data(), out.size()));
     return out;
 }
 
@@ -212,7 +297,13 @@ std::string trace_buffer::checksum() const {
 }
 
 std::size_t trace_buffer::memory_footprint() const {
-    return sizeof(*this) + masker_.memory_footprint() + masked_.capacity() + clean_.capacity() +
+    std::size_t lanes = 0;
+    for (const auto& l : lanes_) {
+        if (l) {
+            lanes += sizeof(lane) + l->mask.memory_footprint();
+        }
+    }
+    return sizeof(*this) + lanes + masked_.capacity() + stamped_.capacity() + clean_.capacity() +
            pending_.capacity();
 }
 

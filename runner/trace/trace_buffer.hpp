@@ -3,24 +3,40 @@
 // come out with their offsets and checksum. Final bytes are spooled to an unlinked temporary
 // file, so memory per job stays small whatever the log size; trace_streamer reads them back.
 
+#include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "runner/trace/masker.hpp"
+#include "runner/trace/timestamper.hpp"
 
 namespace kiln::trace {
 
 /// gitlab-runner's default output_limit: 4096 KiB.
 inline constexpr std::size_t default_limit = 4096 * 1024;
 
+/// Where output comes from, as gitlab-runner's log streams: kiln's own messages are stream 00
+/// (stdout), the job's scripts stream 01, stdout or stderr.
+enum class source : std::uint8_t { runner, job_stdout, job_stderr };
+
 struct trace_options {
     std::vector<std::string> token_prefixes;  ///< features.token_mask_prefixes
     bool mask_all_default_tokens = true;      ///< FF_MASK_ALL_DEFAULT_TOKENS
     /// Where the spool file is created; empty: $TMPDIR, else /tmp.
     std::string spool_dir;
+    /// FF_TIMESTAMPS: each line gets gitlab-runner's prefix (time, stream id, O/E, '+' for a
+    /// continued line; protocol.md §6.4 item 4), and each source is masked and cut into lines on
+    /// its own, as gitlab-runner's per-stream log writers do. Off: every source goes through one
+    /// masker, in the order written.
+    bool timestamps = false;
+    /// The timestamps' clock.
+    timestamper::clock_fn clock = &std::chrono::system_clock::now;
 };
 
 class trace_buffer {
@@ -33,16 +49,28 @@ public:
     trace_buffer& operator=(const trace_buffer&) = delete;
 
     /// Appends output. Secrets are masked before anything becomes visible; bytes that could
-    /// still become a match are held back until the next write or close(). Past the limit,
-    /// output is cut (not inside a UTF-8 sequence) and gitlab-runner's notice is appended once;
-    /// later output is dropped.
-    void write(std::string_view data);
+    /// still become a match are held back until the next write from the same source (with
+    /// timestamps: also a partial line) or close(). Past the limit, output is cut (not inside a
+    /// UTF-8 sequence) and gitlab-runner's notice is appended once; later output is dropped.
+    void write(source from, std::string_view data);
+    /// kiln's own messages.
+    void write(std::string_view data) { write(source::runner, data); }
+
+    /// End of a stage's output: with timestamps, what the job's sources hold back is released
+    /// (a partial last line gets its newline), so kiln's next message follows it. Without
+    /// timestamps there is nothing to reorder and this does nothing.
+    void end_job_output();
 
     /// End of output: releases held-back bytes.
     void close();
 
+    bool timestamps() const { return timestamps_; }
+
     /// Bytes that are final (masked, limited); offsets into the trace GitLab stores.
     std::size_t size() const { return size_; }
+    /// Copies up to `max` final bytes from `offset` to `dest`; returns how many (fewer only at
+    /// the end of the trace or when the spool file cannot be read).
+    std::size_t read(std::size_t offset, char* dest, std::size_t max) const;
     /// Up to `max` final bytes from `offset`.
     std::string slice(std::size_t offset, std::size_t max) const;
     std::string contents() const { return slice(0, size_); }
@@ -58,17 +86,32 @@ public:
     std::size_t memory_footprint() const;
 
 private:
+    // One source's writer chain before the shared UTF-8 repair and limit: masker, then (with
+    // timestamps) the line timestamper.
+    struct lane {
+        masker mask;
+        std::optional<timestamper> stamp;
+    };
+    lane& lane_for(source from);
+    void feed(lane& l, std::string_view masked);
+    void finish(lane& l);
     void process(std::string_view piece);
     void commit(std::string_view bytes);
     void append(std::string_view bytes);
     void flush_spool();
 
     std::size_t limit_;
-    masker masker_;
+    bool timestamps_;
+    timestamper::clock_fn clock_;
+    masker_options masking_;  // to start a lane (with timestamps, one per source, when first used)
+    // By source; without timestamps only [0] exists and takes every source.
+    std::array<std::unique_ptr<lane>, 3> lanes_;
     utf8_repair utf8_;
-    std::string masked_;  // scratch: one piece after masking
-    std::string clean_;   // scratch: the same after UTF-8 repair
+    std::string masked_;   // scratch: one piece after masking
+    std::string stamped_;  // scratch: the same with timestamps
+    std::string clean_;    // scratch: after UTF-8 repair
     std::string pending_;  // final bytes not yet in the spool file
+    std::size_t batch_;    // pending_ is written out beyond this size
     int fd_ = -1;
     bool spool_failed_ = false;
     std::size_t spooled_ = 0;  // bytes in the spool file: [0, spooled_)

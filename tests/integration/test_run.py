@@ -2,6 +2,7 @@
 (final state, failure reason, exit code, the stored trace and its checksum) for jobs that
 succeed, fail, time out, are canceled, or run while GitLab misbehaves."""
 
+import datetime
 import os
 import re
 import shutil
@@ -92,6 +93,9 @@ class RunTest(unittest.TestCase):
         self.assertIn("pw=[MASKED]", state["trace"])
         self.assertIn("Job succeeded", state["trace"])
         self.assertIn("section_start:", state["trace"])
+        # Timestamps only when the job asks for them.
+        self.assertIn("\nversion 1.2.3\n", state["trace"])
+        self.assertNotRegex(state["trace"], r"(?m)^\d{4}-\d\d-\d\dT\d\d:")
         self.assert_consistent_trace(state)
 
     def test_script_failure_reports_exit_code(self):
@@ -194,6 +198,54 @@ class RunTest(unittest.TestCase):
         self.assertGreaterEqual(len([p for p in state["patches"] if p["status"] == 202]),
                                 len(secret) - 1)
         self.assert_consistent_trace(state)
+
+    def test_timestamps_when_the_job_asks_for_them(self):
+        # FF_TIMESTAMPS (protocol.md §6.4 item 4): every line is prefixed with its time, the
+        # stream id (00 kiln, 01 the job) and O/E for stdout/stderr; masking still works per
+        # stream, also for a value split across writes with the other stream writing between.
+        started = time.time()
+        state = self.run_one(
+            ["echo to-stdout", "echo to-stderr >&2",
+             'printf "pw=%s" "${DEPLOY_PASSWORD:0:5}" >&2; echo between; sleep 0.3; '
+             'printf "%s end\\n" "${DEPLOY_PASSWORD:5}" >&2',
+             "printf 'no newline at the end'"],
+            variables=[{"key": "FF_TIMESTAMPS", "value": "true", "public": True,
+                        "masked": False}])
+        finished = time.time()
+        self.assertEqual(state["state"], "success", state["trace"])
+        self.assert_consistent_trace(state)
+        trace = state["trace"]
+        self.assertTrue(trace.endswith("\n"), trace)
+        entry = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6})Z ([0-9a-f]{2})([OE])([ +])(.*)",
+                           re.S)
+        lines = []
+        last = {}
+        for text in trace.split("\n")[:-1]:
+            m = entry.fullmatch(text)
+            self.assertIsNotNone(m, f"line without a timestamp prefix: {text!r}")
+            stamp, stream, kind, flag, content = m.groups()
+            when = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            self.assertGreaterEqual(when, started - 1, text)
+            self.assertLessEqual(when, finished + 1, text)
+            # Within one stream, lines go out in order.
+            self.assertGreaterEqual(when, last.get((stream, kind), 0), text)
+            last[(stream, kind)] = when
+            lines.append((stream + kind, flag, content))
+        self.assertIn(("01O", " ", "to-stdout"), lines)
+        self.assertIn(("01E", " ", "to-stderr"), lines)
+        self.assertIn(("01O", " ", "between"), lines)
+        self.assertIn(("01E", " ", "pw=[MASKED] end"), lines)
+        self.assertIn(("01O", " ", "no newline at the end"), lines)
+        self.assertFalse([c for s, _, c in lines if s == "01E" and "to-stdout" in c], lines)
+        # kiln's own lines are stream 00. A section marker ends with \r, so it is flushed as its
+        # own entry and what follows on that line is a continuation ('+'), as gitlab-runner does.
+        self.assertTrue(any(s == "00O" and "Job succeeded" in c for s, _, c in lines), lines)
+        for i, (s, flag, content) in enumerate(lines):
+            if content.startswith("section_start:"):
+                self.assertEqual(s, "00O", lines[i])
+                self.assertTrue(content.endswith("\r\x1b[0K"), lines[i])
+                self.assertEqual(lines[i + 1][:2], ("00O", "+"), lines[i + 1])
 
     def test_token_prefixes_from_gitlab_and_the_defaults_are_masked(self):
         features = {"trace_sections": True, "failure_reasons": ["script_failure"],
