@@ -1,5 +1,7 @@
 #include "executors/docker/docker_rules.hpp"
 
+#include "runner/util/glob.hpp"
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -38,125 +40,6 @@ std::string lower(std::string_view s) {
         return static_cast<char>(std::tolower(c));
     });
     return r;
-}
-
-// Matches one segment-bounded glob (no "**") against `name`, where `*` and `?` stop at '/'.
-bool match_here(std::string_view p, std::string_view n);
-
-bool match_class(std::string_view p, char c, std::size_t& consumed) {
-    // p starts after '['
-    std::size_t i = 0;
-    bool negate = false;
-    if (i < p.size() && (p[i] == '!' || p[i] == '^')) {
-        negate = true;
-        ++i;
-    }
-    bool hit = false;
-    bool first = true;
-    while (i < p.size() && (p[i] != ']' || first)) {
-        first = false;
-        char lo = p[i];
-        if (lo == '\\' && i + 1 < p.size()) {
-            lo = p[++i];
-        }
-        char hi = lo;
-        if (i + 2 < p.size() && p[i + 1] == '-' && p[i + 2] != ']') {
-            hi = p[i + 2];
-            i += 2;
-        }
-        if (c >= lo && c <= hi) {
-            hit = true;
-        }
-        ++i;
-    }
-    if (i >= p.size()) {
-        consumed = 0;
-        return false;  // unterminated class never matches
-    }
-    consumed = i + 1;
-    return hit != negate;
-}
-
-bool match_here(std::string_view p, std::string_view n) {
-    while (!p.empty()) {
-        if (p.size() >= 2 && p[0] == '*' && p[1] == '*') {
-            // "**" matches anything, slashes included; "**/" also matches nothing.
-            auto rest = p.substr(2);
-            if (!rest.empty() && rest[0] == '/') {
-                if (match_here(rest.substr(1), n)) {
-                    return true;
-                }
-            }
-            for (std::size_t k = 0; k <= n.size(); ++k) {
-                if (match_here(rest, n.substr(k))) {
-                    return true;
-                }
-            }
-            return false;
-        }
-        char c = p[0];
-        if (c == '*') {
-            auto rest = p.substr(1);
-            for (std::size_t k = 0; k <= n.size(); ++k) {
-                if (match_here(rest, n.substr(k))) {
-                    return true;
-                }
-                if (k < n.size() && n[k] == '/') {
-                    break;
-                }
-            }
-            return false;
-        }
-        if (c == '{') {
-            auto close = p.find('}');
-            if (close == std::string_view::npos) {
-                return false;
-            }
-            auto body = p.substr(1, close - 1);
-            auto rest = p.substr(close + 1);
-            std::size_t start = 0;
-            for (;;) {
-                auto comma = body.find(',', start);
-                auto alt = body.substr(
-                    start, comma == std::string_view::npos ? body.size() - start : comma - start
-                );
-                if (match_here(std::string(alt) + std::string(rest), n)) {
-                    return true;
-                }
-                if (comma == std::string_view::npos) {
-                    return false;
-                }
-                start = comma + 1;
-            }
-        }
-        if (n.empty()) {
-            return false;
-        }
-        if (c == '?') {
-            if (n[0] == '/') {
-                return false;
-            }
-        } else if (c == '[') {
-            std::size_t used = 0;
-            if (n[0] == '/' || !match_class(p.substr(1), n[0], used)) {
-                return false;
-            }
-            p.remove_prefix(1 + used);
-            n.remove_prefix(1);
-            continue;
-        } else {
-            if (c == '\\' && p.size() > 1) {
-                p.remove_prefix(1);
-                c = p[0];
-            }
-            if (c != n[0]) {
-                return false;
-            }
-        }
-        p.remove_prefix(1);
-        n.remove_prefix(1);
-    }
-    return n.empty();
 }
 
 std::vector<std::string> split_aliases(std::string_view s) {
@@ -343,10 +226,6 @@ std::string human_size(std::int64_t bytes) {
     return std::to_string(bytes) + " bytes";
 }
 
-bool glob_match(std::string_view pattern, std::string_view name) {
-    return match_here(pattern, name);
-}
-
 bool is_allowed(const std::vector<std::string>& patterns, std::string_view name) {
     if (patterns.empty()) {
         return true;
@@ -355,13 +234,13 @@ bool is_allowed(const std::vector<std::string>& patterns, std::string_view name)
     bool included = false;
     for (const auto& p : patterns) {
         if (!p.empty() && p[0] == '!') {
-            if (glob_match(std::string_view(p).substr(1), name)) {
+            if (util::glob_match(std::string_view(p).substr(1), name)) {
                 return false;
             }
             continue;
         }
         positive_seen = true;
-        if (glob_match(p, name)) {
+        if (util::glob_match(p, name)) {
             included = true;
         }
     }

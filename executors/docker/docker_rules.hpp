@@ -50,10 +50,6 @@ std::vector<std::string> go_runtime_env(const go_env_inputs& in);
 /// "64 MiB", "2 GiB", "1.5 GiB" for messages.
 std::string human_size(std::int64_t bytes);
 
-/// gitlab-runner's doublestar globs: `*` and `?` within one path segment, `**` across
-/// segments, `[...]` classes, `{a,b}` alternatives.
-bool glob_match(std::string_view pattern, std::string_view name);
-
 /// Allow-list of globs: empty allows everything; "!pattern" entries exclude. A name is
 /// allowed when it matches a positive pattern (or there are only exclusions) and no exclusion.
 bool is_allowed(const std::vector<std::string>& patterns, std::string_view name);

@@ -1,5 +1,7 @@
 #include "runner/artifacts/path_match.hpp"
 
+#include "runner/util/glob.hpp"
+
 #include <algorithm>
 #include <deque>
 #include <map>
@@ -32,155 +34,6 @@ std::string join(std::string_view dir, std::string_view name) {
     return s;
 }
 
-// One code point from UTF-8 at `i` (advancing it); invalid bytes stand for themselves.
-char32_t next_rune(std::string_view s, std::size_t& i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
-    if (i + len > s.size()) {
-        len = 1;
-    }
-    char32_t r = len == 1 ? c : c & (0x7f >> len);
-    for (int k = 1; k < len; ++k) {
-        r = (r << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3f);
-    }
-    i += len;
-    return r;
-}
-
-enum class seg_match { yes, no, bad };
-
-// A bracket class starting after '[' at `pi`; on success `pi` is past the ']'.
-seg_match match_class(std::string_view p, std::size_t& pi, char32_t c) {
-    bool negate = false;
-    if (pi < p.size() && (p[pi] == '!' || p[pi] == '^')) {
-        negate = true;
-        ++pi;
-    }
-    bool matched = false;
-    bool first = true;
-    for (;;) {
-        if (pi >= p.size()) {
-            return seg_match::bad;
-        }
-        if (p[pi] == ']' && !first) {
-            ++pi;
-            break;
-        }
-        if (p[pi] == ']') {
-            return seg_match::bad;  // empty class
-        }
-        first = false;
-        if (p[pi] == '\\') {
-            ++pi;
-            if (pi >= p.size()) {
-                return seg_match::bad;
-            }
-        }
-        char32_t lo = next_rune(p, pi);
-        char32_t hi = lo;
-        if (pi + 1 < p.size() && p[pi] == '-' && p[pi + 1] != ']') {
-            ++pi;
-            if (p[pi] == '\\') {
-                ++pi;
-                if (pi >= p.size()) {
-                    return seg_match::bad;
-                }
-            }
-            hi = next_rune(p, pi);
-        }
-        if (lo <= c && c <= hi) {
-            matched = true;
-        }
-    }
-    return matched != negate ? seg_match::yes : seg_match::no;
-}
-
-// One path element against one pattern element (no '/', no braces), with backtracking on '*'.
-seg_match match_segment(std::string_view p, std::string_view s) {
-    std::size_t pi = 0;
-    std::size_t si = 0;
-    std::size_t star_p = std::string_view::npos;
-    std::size_t star_s = 0;
-    while (si < s.size()) {
-        if (pi < p.size()) {
-            char pc = p[pi];
-            if (pc == '*') {
-                while (pi < p.size() && p[pi] == '*') {
-                    ++pi;
-                }
-                star_p = pi;
-                star_s = si;
-                continue;
-            }
-            std::size_t save_si = si;
-            if (pc == '?') {
-                ++pi;
-                next_rune(s, si);
-                continue;
-            }
-            if (pc == '[') {
-                std::size_t q = pi + 1;
-                char32_t c = next_rune(s, si);
-                auto m = match_class(p, q, c);
-                if (m == seg_match::bad) {
-                    return m;
-                }
-                if (m == seg_match::yes) {
-                    pi = q;
-                    continue;
-                }
-                si = save_si;
-            } else {
-                std::size_t q = pi;
-                if (pc == '\\') {
-                    ++q;
-                    if (q >= p.size()) {
-                        return seg_match::bad;
-                    }
-                }
-                if (p[q] == s[si]) {
-                    pi = q + 1;
-                    ++si;
-                    continue;
-                }
-            }
-        }
-        if (star_p == std::string_view::npos) {
-            return seg_match::no;
-        }
-        pi = star_p;
-        next_rune(s, star_s);
-        si = star_s;
-    }
-    while (pi < p.size() && p[pi] == '*') {
-        ++pi;
-    }
-    if (pi == p.size()) {
-        return seg_match::yes;
-    }
-    // What is left of the pattern must still be well formed to report "no" rather than "bad".
-    return seg_match::no;
-}
-
-bool match_elements(const std::vector<std::string>& ps, std::size_t i,
-                    const std::vector<std::string>& ss, std::size_t j) {
-    if (i == ps.size()) {
-        return j == ss.size();
-    }
-    if (ps[i] == "**") {
-        for (std::size_t k = j; k <= ss.size(); ++k) {
-            if (match_elements(ps, i + 1, ss, k)) {
-                return true;
-            }
-        }
-        return false;
-    }
-    if (j == ss.size()) {
-        return false;
-    }
-    return match_segment(ps[i], ss[j]) == seg_match::yes && match_elements(ps, i + 1, ss, j + 1);
-}
-
 bool segment_has_meta(std::string_view seg) {
     for (std::size_t i = 0; i < seg.size(); ++i) {
         if (seg[i] == '\\') {
@@ -205,59 +58,6 @@ std::string unescape(std::string_view seg) {
 
 bool is_outside(std::string_view rel) {
     return rel == ".." || rel.substr(0, 3) == "../" || (!rel.empty() && rel[0] == '/');
-}
-
-constexpr std::size_t max_brace_alternatives = 1024;
-
-void expand_into(std::string_view p, std::vector<std::string>& out) {
-    if (out.size() >= max_brace_alternatives) {
-        return;
-    }
-    std::size_t open = std::string_view::npos;
-    for (std::size_t i = 0; i < p.size(); ++i) {
-        if (p[i] == '\\') {
-            ++i;
-        } else if (p[i] == '{') {
-            open = i;
-            break;
-        }
-    }
-    if (open == std::string_view::npos) {
-        out.emplace_back(p);
-        return;
-    }
-    int depth = 0;
-    std::vector<std::size_t> commas;
-    std::size_t close = std::string_view::npos;
-    for (std::size_t i = open; i < p.size(); ++i) {
-        if (p[i] == '\\') {
-            ++i;
-        } else if (p[i] == '{') {
-            ++depth;
-        } else if (p[i] == '}') {
-            if (--depth == 0) {
-                close = i;
-                break;
-            }
-        } else if (p[i] == ',' && depth == 1) {
-            commas.push_back(i);
-        }
-    }
-    if (close == std::string_view::npos) {
-        out.emplace_back(p);  // unbalanced: taken literally
-        return;
-    }
-    auto prefix = p.substr(0, open);
-    auto suffix = p.substr(close + 1);
-    std::size_t start = open + 1;
-    commas.push_back(close);
-    for (auto end : commas) {
-        std::string alt(prefix);
-        alt += p.substr(start, end - start);
-        alt += suffix;
-        expand_into(alt, out);
-        start = end + 1;
-    }
 }
 
 }  // namespace
@@ -299,10 +99,6 @@ std::string clean_path(std::string_view path) {
     return out;
 }
 
-bool has_glob_meta(std::string_view text) {
-    return text.find_first_of("*?[{") != std::string_view::npos;
-}
-
 std::pair<std::string, std::string> split_pattern(std::string_view p) {
     std::size_t split = std::string_view::npos;
     for (std::size_t i = 0; i < p.size(); ++i) {
@@ -322,22 +118,6 @@ std::pair<std::string, std::string> split_pattern(std::string_view p) {
         return {std::string(p.substr(0, split)), std::string(p.substr(split + 1))};
     }
     return {".", std::string(p)};
-}
-
-std::vector<std::string> expand_braces(std::string_view pattern) {
-    std::vector<std::string> out;
-    expand_into(pattern, out);
-    return out;
-}
-
-bool glob_match(std::string_view pattern, std::string_view path) {
-    const auto ss = split_slash(path);
-    for (const auto& alt : expand_braces(pattern)) {
-        if (match_elements(split_slash(alt), 0, ss, 0)) {
-            return true;
-        }
-    }
-    return false;
 }
 
 relative_path relative_in_project(std::string_view project_dir, std::string_view path) {
@@ -573,7 +353,7 @@ private:
             return;
         }
         for (const auto& name : sorted_children(dir)) {
-            if (match_segment(seg, name) != seg_match::yes) {
+            if (util::match_glob_element(seg, name) != util::element_match::yes) {
                 continue;
             }
             auto p = join(dir, name);

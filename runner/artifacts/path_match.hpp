@@ -10,27 +10,21 @@
 #include <utility>
 #include <vector>
 
+#include "runner/util/glob.hpp"
+
 namespace kiln::artifacts {
 
 /// Go's path.Clean on '/'-separated paths: "./a//b/" → "a/b", "a/../.." → "..", "" → ".".
 std::string clean_path(std::string_view path);
 
-/// True when `text` contains one of doublestar's meta characters `*?[{`.
-bool has_glob_meta(std::string_view text);
-
 /// doublestar.SplitPattern: the leading directory without meta characters and the rest;
 /// "a/b/*.c" → {"a/b", "*.c"}, "*.c" → {".", "*.c"}, "/x/*" → {"/x", "*"}.
 std::pair<std::string, std::string> split_pattern(std::string_view pattern);
 
-/// {a,b} alternatives expanded (nested braces too), in order; a pattern with unbalanced braces
-/// comes back unchanged.
-std::vector<std::string> expand_braces(std::string_view pattern);
-
-/// doublestar.Match on '/'-separated paths: `*` matches any run of characters except '/', `?`
-/// one character except '/', `[abc]`/`[a-z]`/`[!x]`/`[^x]` a class, `{a,b}` alternatives,
-/// `\` escapes, and `**` as a whole path element zero or more elements ("a/**" matches "a").
-/// A malformed pattern matches nothing.
-bool glob_match(std::string_view pattern, std::string_view path);
+// The glob language itself (doublestar, shared with the Docker allow-lists).
+using util::expand_braces;
+using util::glob_match;
+using util::has_glob_meta;
 
 /// One artifacts path or exclude pattern made relative to the project directory as
 /// gitlab-runner's findRelativePathInProject does: absolute paths must lie inside

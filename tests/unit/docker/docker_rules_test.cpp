@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "executors/docker/docker_rules.hpp"
+#include "runner/util/glob.hpp"
 #include "executors/docker/engine_client.hpp"
 
 using namespace kiln::executors::docker;
@@ -85,17 +86,17 @@ TEST_CASE("injected Go settings never override the job, the runner or the image"
 }
 
 TEST_CASE("allow-lists are doublestar globs with exclusions", "[docker]") {
-    CHECK(glob_match("local/*", "local/busybox"));
-    CHECK_FALSE(glob_match("local/*", "local/a/b"));
-    CHECK(glob_match("local/**", "local/a/b"));
-    CHECK(glob_match("**/busybox*", "registry.example.com:5000/x/busybox:1"));
-    CHECK(glob_match("ruby:*", "ruby:3.3"));
-    CHECK_FALSE(glob_match("ruby:*", "python:3"));
-    CHECK(glob_match("{ruby,python}:*", "python:3"));
-    CHECK(glob_match("golang:1.2[0-9]", "golang:1.23"));
-    CHECK_FALSE(glob_match("golang:1.2[0-9]", "golang:1.3"));
-    CHECK(glob_match("a?c", "abc"));
-    CHECK_FALSE(glob_match("a?c", "a/c"));
+    CHECK(kiln::util::glob_match("local/*", "local/busybox"));
+    CHECK_FALSE(kiln::util::glob_match("local/*", "local/a/b"));
+    CHECK(kiln::util::glob_match("local/**", "local/a/b"));
+    CHECK(kiln::util::glob_match("**/busybox*", "registry.example.com:5000/x/busybox:1"));
+    CHECK(kiln::util::glob_match("ruby:*", "ruby:3.3"));
+    CHECK_FALSE(kiln::util::glob_match("ruby:*", "python:3"));
+    CHECK(kiln::util::glob_match("{ruby,python}:*", "python:3"));
+    CHECK(kiln::util::glob_match("golang:1.2[0-9]", "golang:1.23"));
+    CHECK_FALSE(kiln::util::glob_match("golang:1.2[0-9]", "golang:1.3"));
+    CHECK(kiln::util::glob_match("a?c", "abc"));
+    CHECK_FALSE(kiln::util::glob_match("a?c", "a/c"));
 
     CHECK(is_allowed({}, "anything"));
     CHECK(is_allowed({"local/*"}, "local/busybox"));
