@@ -181,7 +181,15 @@ asio::awaitable<exchange_result> exchange(
         pending.clear();
         co_return ec;
     };
-    std::array<char, chunk_size> chunk{};
+    // On the heap and only once needed: a local array would live in this coroutine's frame, so
+    // every held long poll (one per runner entry) would keep 64 KiB for the whole hold.
+    std::unique_ptr<char[]> chunk;
+    auto chunk_data = [&chunk]() {
+        if (!chunk) {
+            chunk = std::make_unique_for_overwrite<char[]>(chunk_size);
+        }
+        return chunk.get();
+    };
     for (const auto& part : req.body) {
         if (part.file.empty()) {
             if (const auto bytes = part.bytes(); !bytes.empty()) {
@@ -203,7 +211,7 @@ asio::awaitable<exchange_result> exchange(
             co_return result;
         }
         for (;;) {
-            ssize_t n = ::read(fd, chunk.data(), chunk.size());
+            ssize_t n = ::read(fd, chunk_data(), chunk_size);
             if (n < 0 && errno == EINTR) {
                 continue;
             }
@@ -219,7 +227,7 @@ asio::awaitable<exchange_result> exchange(
                 break;
             }
             auto [ec, w] = co_await asio::async_write(
-                stream, asio::buffer(chunk.data(), static_cast<std::size_t>(n)), use_tuple
+                stream, asio::buffer(chunk_data(), static_cast<std::size_t>(n)), use_tuple
             );
             if (ec) {
                 ::close(fd);
@@ -265,8 +273,8 @@ asio::awaitable<exchange_result> exchange(
         }
     }
     while (!parser.is_done()) {
-        parser.get().body().data = chunk.data();
-        parser.get().body().size = chunk.size();
+        parser.get().body().data = chunk_data();
+        parser.get().body().size = chunk_size;
         auto [ec, n] = co_await http::async_read(stream, conn.buffer, parser, use_tuple);
         if (ec == http::error::need_buffer) {
             ec = {};
@@ -275,8 +283,8 @@ asio::awaitable<exchange_result> exchange(
             result.outcome.error = io_error(ec, "reading the response from");
             co_return result;
         }
-        std::size_t got = chunk.size() - parser.get().body().size;
-        if (auto err = sink.write(chunk.data(), got); !err.empty()) {
+        std::size_t got = chunk_size - parser.get().body().size;
+        if (auto err = sink.write(chunk.get(), got); !err.empty()) {
             result.outcome.error = make_error(transport_error::kind::file, err);
             co_return result;
         }
