@@ -107,6 +107,10 @@ void read_archive(const std::filesystem::path& archive,
                                            const std::function<std::size_t(std::span<char>)>& read)>&
                       visit);
 
+/// A name from an archive or a manifest for messages: as it is, with control bytes escaped
+/// (\x1b…), so a hostile name cannot rewrite the job log.
+std::string printable_name(std::string_view name);
+
 struct extract_limits {
     std::uint64_t max_total_bytes = 16ULL << 30;  // bytes written in all (zip-bomb guard)
     std::uint64_t max_entries = 1'000'000;

@@ -90,7 +90,7 @@ public:
 
     std::string describe(const std::string& what) const {
         if (!have_current_) return archive_name_ + ": " + what;
-        return archive_name_ + ": entry \"" + printable(current_) + "\" " + what;
+        return archive_name_ + ": entry \"" + printable_name(current_) + "\" " + what;
     }
 
     extract_result& result() { return result_.r; }
@@ -100,21 +100,6 @@ private:
         extract_result r;
         std::uint64_t entries_seen = 0;
     };
-
-    static std::string printable(const std::string& s) {
-        std::string out;
-        for (char c : s) {
-            auto u = static_cast<unsigned char>(c);
-            if (u < 0x20 || u == 0x7f) {
-                char buf[8];
-                std::snprintf(buf, sizeof buf, "\\x%02x", u);
-                out += buf;
-            } else {
-                out += c;
-            }
-        }
-        return out;
-    }
 
     // Relative, '/'-separated, "." and empty parts dropped; absolute names and ".." refused.
     static std::vector<std::string> split(const std::string& name) {
@@ -153,7 +138,7 @@ private:
             }
             if (fd < 0) {
                 if (errno == ELOOP || errno == ENOTDIR)
-                    throw refused("goes through \"" + printable(walked) +
+                    throw refused("goes through \"" + printable_name(walked) +
                                   "\", which is a symbolic link or not a directory; refusing to follow it");
                 fail("cannot open directory " + walked);
             }
@@ -242,7 +227,7 @@ private:
     void make_symlink(int dir, std::size_t depth, const std::string& leaf, const std::string& target) {
         if (target.empty()) throw refused("is a symbolic link with an empty target");
         if (target.front() == '/')
-            throw refused("is a symbolic link to an absolute path (" + printable(target) +
+            throw refused("is a symbolic link to an absolute path (" + printable_name(target) +
                           "); refusing a link that leads outside the destination");
         std::size_t ups = 0;
         bool named = false;
@@ -253,7 +238,7 @@ private:
             std::string part = target.substr(from, to - from);
             if (part == "..") {
                 if (named)
-                    throw refused("is a symbolic link whose target (" + printable(target) +
+                    throw refused("is a symbolic link whose target (" + printable_name(target) +
                                   ") climbs after descending; refusing a link that may lead outside the destination");
                 ++ups;
             } else if (!part.empty() && part != ".") {
@@ -262,7 +247,7 @@ private:
             from = to + 1;
         }
         if (ups > depth)
-            throw refused("is a symbolic link to " + printable(target) +
+            throw refused("is a symbolic link to " + printable_name(target) +
                           ", which leads outside the destination; refusing it");
         clear(dir, leaf);
         if (::symlinkat(target.c_str(), dir, leaf.c_str()) != 0) fail("cannot create symbolic link");
@@ -304,6 +289,21 @@ extract_result extract_archive(const std::filesystem::path& archive, const std::
     } catch (const std::exception& e) {
         out.ok = false;
         out.error = e.what();
+    }
+    return out;
+}
+
+std::string printable_name(std::string_view name) {
+    std::string out;
+    for (char c : name) {
+        auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\x%02x", u);
+            out += buf;
+        } else {
+            out += c;
+        }
     }
     return out;
 }

@@ -10,20 +10,6 @@
 namespace kiln::artifacts {
 namespace {
 
-std::vector<std::string> split_slash(std::string_view p) {
-    std::vector<std::string> out;
-    std::size_t start = 0;
-    while (start <= p.size()) {
-        auto end = p.find('/', start);
-        if (end == std::string_view::npos) {
-            end = p.size();
-        }
-        out.emplace_back(p.substr(start, end - start));
-        start = end + 1;
-    }
-    return out;
-}
-
 std::string join(std::string_view dir, std::string_view name) {
     if (dir.empty() || dir == ".") {
         return std::string(name);
@@ -160,7 +146,7 @@ resolved_path resolve_inside(const fs_view& fs, std::string_view project_dir,
                              std::string_view path, bool follow_last) {
     const std::string root = clean_path(project_dir);
     std::deque<std::string> todo;
-    for (auto& e : split_slash(clean_path(path))) {
+    for (auto& e : util::split_path(clean_path(path))) {
         todo.push_back(std::move(e));
     }
     std::vector<std::string> done;
@@ -208,7 +194,7 @@ resolved_path resolve_inside(const fs_view& fs, std::string_view project_dir,
                     }
                     done.clear();
                 }
-                auto parts = split_slash(target);
+                auto parts = util::split_path(target);
                 todo.insert(todo.begin(), parts.begin(), parts.end());
             }
         }
@@ -378,7 +364,7 @@ private:
         std::set<std::string> matches;
         for (const auto& alt : expand_braces(r.path)) {
             std::set<std::pair<std::string, std::size_t>> seen;
-            auto segs = split_slash(clean_path(alt));
+            auto segs = util::split_path(clean_path(alt));
             if (segs.size() == 1 && segs[0] == ".") {
                 matches.insert(".");
                 continue;

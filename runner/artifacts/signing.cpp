@@ -119,22 +119,6 @@ bool is_utf8(std::string_view s) {
     return true;
 }
 
-/// A name for messages: as it is when printable, with control bytes escaped.
-std::string printable(std::string_view s) {
-    std::string out;
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
-        if (c < 0x20 || c == 0x7f) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\x%02x", c);
-            out += buf;
-        } else {
-            out += ch;
-        }
-    }
-    return out;
-}
-
 std::string utc_now() {
     std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
     std::tm tm{};
@@ -402,7 +386,7 @@ public:
     }
     canonical_writer& string(std::string_view s) {
         if (!is_utf8(s)) {
-            throw std::invalid_argument("cannot write the manifest: " + printable(s) +
+            throw std::invalid_argument("cannot write the manifest: " + printable_name(s) +
                                         " is not valid UTF-8");
         }
         out_ += '"';
@@ -550,7 +534,7 @@ manifest_parse_result parse_manifest(std::string_view text) {
         }
         mf.size = size->get<std::uint64_t>();
         if (!names.insert(mf.name).second) {
-            return fail("file " + printable(mf.name) + " is listed twice");
+            return fail("file " + printable_name(mf.name) + " is listed twice");
         }
         m.files.push_back(std::move(mf));
     }
@@ -565,7 +549,7 @@ manifest_parse_result parse_manifest(std::string_view text) {
                 return fail("each of \"symlinks\" needs \"name\" and \"target\"");
             }
             if (!names.insert(ms.name).second) {
-                return fail("entry " + printable(ms.name) + " is listed twice");
+                return fail("entry " + printable_name(ms.name) + " is listed twice");
             }
             m.symlinks.push_back(std::move(ms));
         }
@@ -633,7 +617,7 @@ trailer_function make_signing_trailer(key signer, signing_facts facts,
             }
             if (!is_utf8(name)) {
                 throw std::runtime_error("cannot sign the archive: the file name " +
-                                         printable(name) + " is not valid UTF-8; rename it");
+                                         printable_name(name) + " is not valid UTF-8; rename it");
             }
         };
         manifest m;
@@ -720,7 +704,7 @@ verify_result verify_entries(const std::vector<observed_entry>& entries,
             bool ours = std::any_of(keys.begin(), keys.end(),
                                     [&](const key& k) { return k.id() == claimed; });
             hint = ours ? "; the manifest or its signature was changed after signing"
-                        : "; the archive names key " + printable(claimed);
+                        : "; the archive names key " + printable_name(claimed);
         }
         return fail("signature does not match " + which + hint);
     }
@@ -730,7 +714,7 @@ verify_result verify_entries(const std::vector<observed_entry>& entries,
     }
     const manifest& m = *parsed.value;
     if (m.key_id != signer->id()) {
-        return fail("the manifest names key " + printable(m.key_id) + " but was signed by key " +
+        return fail("the manifest names key " + printable_name(m.key_id) + " but was signed by key " +
                     signer->id());
     }
     r.key_id = signer->id();
@@ -749,7 +733,7 @@ verify_result verify_entries(const std::vector<observed_entry>& entries,
             e.type == entry_type::directory) {
             continue;
         }
-        const std::string name = printable(e.name);
+        const std::string name = printable_name(e.name);
         if (!seen.insert(e.name).second) {
             return fail("file " + name + " appears twice in the archive");
         }
@@ -779,8 +763,8 @@ verify_result verify_entries(const std::vector<observed_entry>& entries,
                 return fail("symlink " + name + " not in manifest");
             }
             if (e.link_target != it->second->target) {
-                return fail("symlink " + name + " changed: target " + printable(e.link_target) +
-                            " != " + printable(it->second->target));
+                return fail("symlink " + name + " changed: target " + printable_name(e.link_target) +
+                            " != " + printable_name(it->second->target));
             }
             ++r.files;
         } else {
@@ -791,12 +775,12 @@ verify_result verify_entries(const std::vector<observed_entry>& entries,
     }
     for (const auto& f : m.files) {
         if (!seen.contains(f.name)) {
-            return fail("file " + printable(f.name) + " is in the manifest but not in the archive");
+            return fail("file " + printable_name(f.name) + " is in the manifest but not in the archive");
         }
     }
     for (const auto& l : m.symlinks) {
         if (!seen.contains(l.name)) {
-            return fail("symlink " + printable(l.name) +
+            return fail("symlink " + printable_name(l.name) +
                         " is in the manifest but not in the archive");
         }
     }

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "executors/docker/docker_executor.hpp"
+#include "runner/gitlab/runner_info.hpp"
 #include "runner/util/logging.hpp"
 #include "runner/version.hpp"
 
@@ -18,20 +19,6 @@ namespace {
 // gitlab-runner's job duration buckets (commands/builds_helper.go): 30 s … 10 h.
 const std::vector<double> job_duration_buckets = {30,   60,   300,   600,   1800,
                                                   3600, 7200, 10800, 18000, 36000};
-
-const char* architecture() {
-#if defined(__x86_64__)
-    return "amd64";
-#elif defined(__aarch64__)
-    return "arm64";
-#elif defined(__i386__)
-    return "386";
-#elif defined(__arm__)
-    return "arm";
-#else
-    return "unknown";
-#endif
-}
 
 }  // namespace
 
@@ -173,7 +160,9 @@ operations::operations(asio::any_io_executor ex, std::string system_id)
       jobs_finished_(registry_.counter("kiln_jobs_finished_total",
                                        "Jobs finished, by final state sent to GitLab",
                                        {"runner", "runner_name", "state"})) {
-    version_info_.set({"kiln", version_string(), revision_string(), "linux", architecture()}, 1);
+    version_info_.set({"kiln", version_string(), revision_string(),
+                       std::string(gitlab::build_platform()),
+                       std::string(gitlab::build_architecture())}, 1);
     process_state_.set({"running"}, 1);
     errors_.touch({"warning"});
     errors_.touch({"error"});

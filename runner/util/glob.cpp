@@ -3,20 +3,6 @@
 namespace kiln::util {
 namespace {
 
-std::vector<std::string> split_slash(std::string_view p) {
-    std::vector<std::string> out;
-    std::size_t start = 0;
-    while (start <= p.size()) {
-        auto end = p.find('/', start);
-        if (end == std::string_view::npos) {
-            end = p.size();
-        }
-        out.emplace_back(p.substr(start, end - start));
-        start = end + 1;
-    }
-    return out;
-}
-
 // One code point from UTF-8 at `i` (advancing it); invalid bytes stand for themselves.
 char32_t next_rune(std::string_view s, std::size_t& i) {
     auto c = static_cast<unsigned char>(s[i]);
@@ -231,13 +217,27 @@ std::vector<std::string> expand_braces(std::string_view pattern) {
 }
 
 bool glob_match(std::string_view pattern, std::string_view path) {
-    const auto ss = split_slash(path);
+    const auto ss = split_path(path);
     for (const auto& alt : expand_braces(pattern)) {
-        if (match_elements(split_slash(alt), 0, ss, 0)) {
+        if (match_elements(split_path(alt), 0, ss, 0)) {
             return true;
         }
     }
     return false;
+}
+
+std::vector<std::string> split_path(std::string_view p) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (start <= p.size()) {
+        auto end = p.find('/', start);
+        if (end == std::string_view::npos) {
+            end = p.size();
+        }
+        out.emplace_back(p.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
 }
 
 element_match match_glob_element(std::string_view pattern, std::string_view name) {

@@ -21,6 +21,9 @@ std::vector<std::string> expand_braces(std::string_view pattern);
 /// matches "a"). A malformed pattern matches nothing.
 bool glob_match(std::string_view pattern, std::string_view path);
 
+/// The elements of a '/'-separated path, empty ones kept ("a//b" → {"a", "", "b"}).
+std::vector<std::string> split_path(std::string_view path);
+
 enum class element_match { yes, no, bad };
 
 /// One path element against one pattern element (no '/', braces already expanded), for
