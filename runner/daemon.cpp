@@ -7,7 +7,9 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -15,10 +17,12 @@
 #include <algorithm>
 #include <list>
 #include <map>
+#include <optional>
 #include <random>
 #include <ctime>
 #include <limits>
 #include <set>
+#include <variant>
 
 #include "config/loader.hpp"
 #include "executors/docker/docker_executor.hpp"
@@ -26,6 +30,7 @@
 #include "runner/gitlab/runner_info.hpp"
 #include "runner/gitlab/tokens.hpp"
 #include "runner/job.hpp"
+#include "runner/net/url.hpp"
 #include "runner/service/operations.hpp"
 #include "runner/prune.hpp"
 #include "runner/spool.hpp"
@@ -587,10 +592,76 @@ private:
                 }
             }
             if (wait.count() > 0 && active()) {
-                asio::steady_timer t(io_, wait);
-                co_await (t.async_wait(use_tuple) || r.stop.async_wait(use_tuple));
+                if (!res.reached()) {
+                    // GitLab unreachable: the backoff spares it, but polling resumes as soon
+                    // as it listens again rather than up to a minute later.
+                    co_await (wait_until_back(r.entry.url, wait) || r.stop.async_wait(use_tuple));
+                } else {
+                    asio::steady_timer t(io_, wait);
+                    co_await (t.async_wait(use_tuple) || r.stop.async_wait(use_tuple));
+                }
             }
         }
+    }
+
+    // ---- GitLab back after an outage ---------------------------------------------------------
+
+    // Waits `wait` (a backoff after a request could not reach GitLab), ending early once a TCP
+    // connection to GitLab's host opens after one had failed: a refused connect costs neither
+    // side anything, so probing every 2 s lets polls and spooled final states go out within
+    // seconds of GitLab listening again. Only a failed-then-working connect ends the wait, so
+    // a server that accepts connections but still breaks requests (TLS, a proxy cutting them)
+    // gets the whole backoff.
+    asio::awaitable<void> wait_until_back(std::string url, std::chrono::milliseconds wait) {
+        const auto end = std::chrono::steady_clock::now() + wait;
+        std::optional<net::origin> origin;
+        if (auto u = net::parse_gitlab_url(url); std::holds_alternative<net::base_url>(u)) {
+            origin = std::get<net::base_url>(u).origin;
+        }
+        bool seen_down = false;
+        while (true) {
+            const auto now = std::chrono::steady_clock::now();
+            if (now >= end) {
+                co_return;
+            }
+            auto step = std::chrono::duration_cast<std::chrono::milliseconds>(end - now);
+            if (origin) {
+                step = std::min<std::chrono::milliseconds>(step, 2s);
+            }
+            asio::steady_timer t(io_, step);
+            co_await t.async_wait(use_tuple);
+            if (!origin || std::chrono::steady_clock::now() >= end) {
+                continue;
+            }
+            const bool up = co_await tcp_connects(*origin);
+            if (!up) {
+                seen_down = true;
+            } else if (seen_down) {
+                co_return;
+            } else {
+                origin.reset();  // it connects: this is no connection problem, wait it out
+            }
+        }
+    }
+
+    asio::awaitable<bool> tcp_connects(net::origin o) {
+        using namespace asio::experimental::awaitable_operators;
+        asio::ip::tcp::resolver resolver(io_);
+        asio::ip::tcp::socket socket(io_);
+        asio::steady_timer deadline(io_, 2s);
+        auto attempt = co_await (connect_once(resolver, socket, o) || deadline.async_wait(use_tuple));
+        co_return attempt.index() == 0 && std::get<0>(attempt);
+    }
+
+    static asio::awaitable<bool> connect_once(asio::ip::tcp::resolver& resolver,
+                                              asio::ip::tcp::socket& socket, net::origin o) {
+        auto [rec, endpoints] =
+            co_await resolver.async_resolve(o.host, std::to_string(o.port), use_tuple);
+        if (rec) {
+            co_return false;
+        }
+        auto [cec, ep] = co_await asio::async_connect(socket, endpoints, use_tuple);
+        co_return !cec;
     }
 
     // When to ask again after "no job" (protocol.md §3.3). Workhorse answers a held request
@@ -1018,8 +1089,12 @@ private:
                                                    std::uniform_real_distribution<>(0, 1)(rng));
             }
             if (wait.count() > 0 && !closed_) {
-                asio::steady_timer t(io_, wait);
-                co_await (t.async_wait(use_tuple) || closing_.async_wait(use_tuple));
+                if (!reached) {
+                    co_await (wait_until_back(s.e.url, wait) || closing_.async_wait(use_tuple));
+                } else {
+                    asio::steady_timer t(io_, wait);
+                    co_await (t.async_wait(use_tuple) || closing_.async_wait(use_tuple));
+                }
             }
         }
         delivering_.erase(s.e.job_id);

@@ -237,69 +237,120 @@ class SignalTest(DaemonTestBase):
 
 
 class OutageTest(DaemonTestBase):
-    """GitLab unreachable (connections refused, state kept) around a job's final update.
-    The acceptance case is a 2-minute outage; 20-30 s exercise the same path (the final PUT
-    fails, the state goes to the spool, the spool delivers it once GitLab listens again) in
-    less test time."""
+    """The acceptance case: GitLab unreachable (connections refused, state kept) for 2 minutes
+    around a job's final update. Two kiln daemons share the one outage, each with its own
+    runner and job: one stays up throughout, the other is restarted while GitLab is down.
+    Both final states (and whole traces) must arrive once GitLab listens again, and the
+    daemon that stayed up must have kept polling with a capped backoff and resume at once."""
     long_poll = 5
+    outage_seconds = 120
 
-    def spool_dir(self):
-        return os.path.join(self.dir, "spool")
+    class Daemon:
+        """One kiln process with its own config, log and spool directory."""
 
-    def spool_files(self):
-        d = self.spool_dir()
-        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+        def __init__(self, test, name):
+            self.test = test
+            self.dir = tempfile.mkdtemp(dir=test.work)
+            self.config = os.path.join(self.dir, "config.toml")
+            self.log_path = os.path.join(self.dir, "kiln.log")
+            self.token = test.gitlab.create_runner(kind="glrt")["token"]
+            self.name = name
+            self.proc = None
+            test.addCleanup(self.kill)
+            block = test.runner_block(name, self.token).replace(
+                os.path.join(test.dir, "builds"), os.path.join(self.dir, "builds"))
+            with open(self.config, "w") as f:
+                f.write("concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 5\n" + block)
 
-    def start_job_then_outage(self, seconds):
-        token = self.gitlab.create_runner(kind="glrt")["token"]
-        self.write_config([self.runner_block("o", token)])
-        job = self.enqueue(token, ["echo before-outage", "sleep 5", "echo after-outage"])
-        self.start_kiln()
-        self.wait_running(job["id"], "before-outage")
-        self.gitlab.outage(seconds)
-        return token, job
+        def start(self):
+            with open(self.log_path, "a") as log:
+                self.proc = subprocess.Popen([KILN, "run", "--config", self.config],
+                                             stdout=log, stderr=subprocess.STDOUT)
 
-    def assert_delivered(self, job, token):
+        def quit(self):
+            self.proc.send_signal(signal.SIGQUIT)
+            self.test.assertEqual(self.proc.wait(timeout=30), 0, self.log())
+
+        def kill(self):
+            if self.proc and self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+        def log(self):
+            with open(self.log_path) as f:
+                return f.read()
+
+        def spool_files(self):
+            d = os.path.join(self.dir, "spool")
+            return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def assert_delivered(self, d, job):
         state = self.gitlab.wait_job_state(job["id"], ("success", "failed", "canceled"),
                                            timeout=90)
         self.assertEqual(state["state"], "success", state)
         self.assertIn("after-outage", state["trace"])
         self.assertIn("Job succeeded", state["trace"])
         self.assertTrue(state["checksum_ok"], state)
-        self.gitlab.wait_for(lambda: self.spool_files() == [], timeout=10,
+        self.gitlab.wait_for(lambda: d.spool_files() == [], timeout=10,
                              message="the spool entry to be removed")
-        self.assertNotIn(token, self.kiln_log())
-        self.assertNotIn(job["token"], self.kiln_log())
+        self.assertNotIn(d.token, d.log())
+        self.assertNotIn(job["token"], d.log())
 
-    def test_final_state_is_delivered_after_the_outage(self):
-        token, job = self.start_job_then_outage(25)
-        self.gitlab.wait_for(lambda: "spooled" in self.kiln_log(), timeout=40,
-                             message="the final state to be spooled")
-        self.gitlab.wait_until_up()
-        self.assert_delivered(job, token)
-        self.proc.send_signal(signal.SIGQUIT)
-        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
-
-    def test_final_state_survives_a_restart_of_kiln_during_the_outage(self):
-        token, job = self.start_job_then_outage(35)
-        self.gitlab.wait_for(lambda: "spooled" in self.kiln_log(), timeout=40,
-                             message="the final state to be spooled")
-        names = self.spool_files()
+    def test_two_minute_outage_around_the_final_update_with_and_without_a_restart(self):
+        stays = self.Daemon(self, "stays")
+        restarts = self.Daemon(self, "restarts")
+        script = ["echo before-outage", "sleep 5", "echo after-outage"]
+        jobs = {d: self.enqueue(d.token, script) for d in (stays, restarts)}
+        for d in (stays, restarts):
+            d.start()
+        for d, job in jobs.items():
+            self.wait_running(job["id"], "before-outage")
+        self.gitlab.outage(self.outage_seconds)
+        down_at = time.time()
+        for d in (stays, restarts):
+            self.gitlab.wait_for(lambda: "spooled" in d.log(), timeout=60,
+                                 message=f"{d.name}: the final state to be spooled")
+        # The restarted daemon: its state is on disk (0600 files in a 0700 directory), it stops
+        # while GitLab is still down and starts again.
+        job = jobs[restarts]
+        names = restarts.spool_files()
         self.assertEqual(names, [f"job-{job['id']}.json", f"job-{job['id']}.trace"])
         for n in names:
-            mode = os.stat(os.path.join(self.spool_dir(), n)).st_mode & 0o777
+            mode = os.stat(os.path.join(restarts.dir, "spool", n)).st_mode & 0o777
             self.assertEqual(mode, 0o600, n)
-        self.assertEqual(os.stat(self.spool_dir()).st_mode & 0o777, 0o700)
-        # Still down: kiln stops (the job is over, its state is on disk) and starts again.
+        self.assertEqual(os.stat(os.path.join(restarts.dir, "spool")).st_mode & 0o777, 0o700)
         self.assertFalse(self.gitlab.is_up())
-        self.proc.send_signal(signal.SIGQUIT)
-        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
-        self.start_kiln()
-        self.gitlab.wait_until_up()
-        self.assert_delivered(job, token)
-        self.assertIn("delivering a spooled final job state", self.kiln_log())
-        self.proc.send_signal(signal.SIGQUIT)
-        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+        restarts.quit()
+        restarts.start()
+        self.gitlab.wait_for(lambda: "delivering a spooled final job state" in restarts.log(),
+                             timeout=30, message="the restarted kiln to pick up its spool")
+        self.assertFalse(self.gitlab.is_up(), "the outage ended before the restart was done")
+        self.gitlab.wait_until_up(timeout=self.outage_seconds + 30)
+        up_at = time.time()
+        self.assertGreaterEqual(up_at - down_at, self.outage_seconds - 1)
+        for d, job in jobs.items():
+            self.assert_delivered(d, job)
+
+        # The daemon that stayed up kept asking while GitLab was down, with a capped backoff
+        # (never more than 60 s between attempts), and asked again within a few seconds of
+        # GitLab listening again rather than after its backoff ran out.
+        failures = [line for line in stays.log().splitlines()
+                    if "checking for jobs failed" in line]
+        self.assertGreaterEqual(len(failures), 3, stays.log())
+        waits = [int(line.split("retry_in_ms=")[1].split()[0].strip('",')) for line in failures
+                 if "retry_in_ms=" in line]
+        self.assertEqual(len(waits), len(failures), failures)
+        self.assertLessEqual(max(waits), 60000, waits)
+        back = [parse_time(r["time"]) for r in self.job_requests(stays.token)
+                if parse_time(r["time"]) >= up_at - 1]
+        self.assertTrue(back, "no job request after the outage")
+        self.assertLess(min(back) - up_at, 10, "polling did not resume soon after the outage")
+        # Not disabled: a new job for it is picked up and runs.
+        later = self.enqueue(stays.token, ["echo after-the-outage"])
+        state = self.gitlab.wait_job_state(later["id"], timeout=60)
+        self.assertEqual(state["state"], "success", state)
+        for d in (stays, restarts):
+            d.quit()
 
 
 class DockerSignalTest(DaemonTestBase):
