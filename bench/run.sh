@@ -82,8 +82,9 @@ echo "== signing_bench (the same kind of tree: write_zip with and without the si
 "$build/bench/signing_bench" --threads 2 --runs "${ARCHIVE_RUNS:-3}" || echo "(signing_bench failed)"
 
 echo
-echo "== rss_idle (kiln run, idle, one TLS connection with a held long poll)"
+echo "== rss_idle (kiln run, idle, one TLS connection with a held long poll; then 50 runner entries)"
 bench/rss_idle.sh "$build/runner/kiln" || echo "(rss_idle failed)"
+RSS_RUNNERS=50 bench/rss_idle.sh "$build/runner/kiln" || echo "(rss_idle, 50 runners, failed)"
 
 # Benchmarks of the whole binary against the emulator, each with its own usage line.
 for py in bench/*.py; do

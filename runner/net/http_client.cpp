@@ -303,6 +303,7 @@ asio::awaitable<exchange_result> exchange(
 struct http_client::impl {
     asio::any_io_executor executor;
     net::origin origin;
+    std::shared_ptr<SSL_CTX> shared_ctx;  // keeps the cached context shared (tls.hpp)
     std::shared_ptr<asio::ssl::context> ssl_ctx;
     client_options options;
     std::vector<std::unique_ptr<connection>> idle;
@@ -401,8 +402,12 @@ http_client::http_client(
     asio::ip::make_address(impl_->origin.host, ec);
     impl_->host_is_ip = !ec;
     if (impl_->origin.tls) {
-        impl_->ssl_ctx = make_client_tls_context(tls);
-        ::SSL_CTX_set_client_cert_cb(impl_->ssl_ctx->native_handle(), note_client_cert_request);
+        impl_->shared_ctx = make_client_tls_context(tls);
+        SSL_CTX* native = impl_->shared_ctx.get();
+        ::SSL_CTX_set_client_cert_cb(native, note_client_cert_request);
+        // asio's context frees the handle it is given; it gets a reference of its own.
+        ::SSL_CTX_up_ref(native);
+        impl_->ssl_ctx = std::make_shared<asio::ssl::context>(native);
     }
 }
 

@@ -4,12 +4,14 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/asio/ssl/context.hpp>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 
 namespace kiln::net {
@@ -44,14 +46,30 @@ bool is_system_bundle(const char* path) {
     return !a && !b && given == system;
 }
 
-}  // namespace
+// Identifies a file's current content well enough to notice a replaced or rewritten file.
+std::string file_identity(const std::string& path) {
+    if (path.empty()) {
+        return "-";
+    }
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+        return path + "?";  // unreadable: no context is cached for it (loading throws)
+    }
+    return path + "|" + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + "|" +
+           std::to_string(st.st_size) + "|" + std::to_string(st.st_mtim.tv_sec) + "." +
+           std::to_string(st.st_mtim.tv_nsec);
+}
 
-std::shared_ptr<boost::asio::ssl::context> make_client_tls_context(const tls_settings& s) {
-    namespace ssl = boost::asio::ssl;
-    auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
-    SSL_CTX* native = ctx->native_handle();
+std::shared_ptr<SSL_CTX> load_client_tls_context(const tls_settings& s) {
+    std::shared_ptr<SSL_CTX> ctx(::SSL_CTX_new(::TLS_client_method()), ::SSL_CTX_free);
+    if (!ctx) {
+        throw std::runtime_error("cannot create a TLS context: " + last_openssl_error());
+    }
+    SSL_CTX* native = ctx.get();
     ::SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
-    ctx->set_verify_mode(ssl::verify_peer);
+    ::SSL_CTX_set_verify(native, SSL_VERIFY_PEER, nullptr);
+    // Idle kept-alive connections (one per held long poll) then hold no record buffers.
+    ::SSL_CTX_set_mode(native, SSL_MODE_RELEASE_BUFFERS);
 
     // The hashed certificate directory is searched lazily per issuer, so trusting the system
     // store costs nothing until a certificate needs it; loading the whole bundle file eagerly
@@ -96,6 +114,27 @@ std::shared_ptr<boost::asio::ssl::context> make_client_tls_context(const tls_set
                                      " does not match tls-cert-file " + s.cert_file);
         }
     }
+    return ctx;
+}
+
+}  // namespace
+
+std::shared_ptr<SSL_CTX> make_client_tls_context(const tls_settings& s) {
+    static std::mutex mutex;
+    static std::map<std::string, std::weak_ptr<SSL_CTX>> cache;
+    const std::string key = file_identity(s.ca_file) + "\n" + file_identity(s.cert_file) +
+                            "\n" + file_identity(s.key_file);
+    std::lock_guard lock(mutex);
+    for (auto it = cache.begin(); it != cache.end();) {
+        it = it->second.expired() ? cache.erase(it) : std::next(it);
+    }
+    if (auto it = cache.find(key); it != cache.end()) {
+        if (auto ctx = it->second.lock()) {
+            return ctx;
+        }
+    }
+    auto ctx = load_client_tls_context(s);
+    cache[key] = ctx;
     return ctx;
 }
 

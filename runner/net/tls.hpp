@@ -4,9 +4,7 @@
 #include <memory>
 #include <string>
 
-namespace boost::asio::ssl {
-class context;
-}
+struct ssl_ctx_st;  // OpenSSL's SSL_CTX
 
 namespace kiln::net {
 
@@ -20,7 +18,11 @@ struct tls_settings {
 /// presents a client certificate when both cert and key are given. Host name verification is
 /// set per connection. Throws std::runtime_error naming the file and OpenSSL's reason when a
 /// file cannot be used.
-std::shared_ptr<boost::asio::ssl::context> make_client_tls_context(const tls_settings& settings);
+///
+/// Contexts are shared: callers asking for the same files get the same context while any of
+/// them holds it (50 runner entries with one CA load it once). A file that changed since (size,
+/// mtime or inode) gives a fresh context, so a renewed CA or certificate is picked up.
+std::shared_ptr<ssl_ctx_st> make_client_tls_context(const tls_settings& settings);
 
 /// OpenSSL's reason for the most recent failure on this thread, e.g. "no such file"; empty when
 /// the error queue is empty. Clears the queue.
