@@ -68,8 +68,9 @@ class DaemonTestBase(unittest.TestCase):
                 f'  tls-ca-file = "{self.gitlab.ca_file}"\n  executor = "{executor}"\n'
                 f'  builds_dir = "{os.path.join(self.dir, "builds")}"\n' + extra)
 
-    def write_config(self, runners, concurrent=1, head=""):
-        text = f"concurrent = {concurrent}\ncheck_interval = 1\nshutdown_timeout = 5\n" + head
+    def write_config(self, runners, concurrent=1, head="", shutdown_timeout=5):
+        text = (f"concurrent = {concurrent}\ncheck_interval = 1\n"
+                f"shutdown_timeout = {shutdown_timeout}\n" + head)
         text += "".join(runners)
         tmp = self.config + ".tmp"
         with open(tmp, "w") as f:
@@ -186,6 +187,41 @@ class SignalTest(DaemonTestBase):
         time.sleep(1)
         self.assertEqual(self.gitlab.job(later["id"])["state"], "pending")
         self.gitlab.delete_job(later["id"])
+
+    def test_second_sigterm_aborts_the_cleanup_at_once_and_still_reports(self):
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        # shutdown_timeout far beyond the test: only the second signal can end after_script.
+        self.write_config([self.runner_block("t", token)], shutdown_timeout=600)
+        pid_file = os.path.join(self.dir, "after_script.pid")
+        job = self.gitlab.enqueue_job(
+            fixture="job_basic", repo="acme/widgets", sha=self.sha, runner_token=token,
+            script=["echo started", "sleep 120"],
+            after_script=[f"echo $$ > {pid_file}", "echo cleanup-begins", "sleep 120",
+                          "echo cleanup-ends"])
+        self.start_kiln()
+        self.wait_running(job["id"], "started")
+        self.proc.send_signal(signal.SIGTERM)
+        # The first SIGTERM is graceful: the script stops, after_script starts.
+        def cleanup_pid():
+            try:
+                with open(pid_file) as f:
+                    return int(f.read())
+            except (OSError, ValueError):
+                return None
+        self.gitlab.wait_for(cleanup_pid, timeout=30, message="after_script to start")
+        time.sleep(1)
+        self.assertIsNone(self.proc.poll(), "kiln must wait for after_script")
+        self.proc.send_signal(signal.SIGTERM)
+        # The second aborts: kiln reports the job and exits long before after_script's sleep.
+        self.proc.wait(timeout=30)
+        state = self.gitlab.job(job["id"])
+        self.assertIn(state["state"], ("canceled", "failed"), state)
+        self.assertIn("cleanup-begins", state["trace"])
+        self.assertNotIn("cleanup-ends", state["trace"])
+        self.assertTrue(state["checksum_ok"], state)
+        self.assertFalse(os.path.exists(f"/proc/{cleanup_pid()}"),
+                         "after_script's shell must not outlive kiln")
+        self.assertIn("second signal", self.kiln_log())
 
     def test_sighup_adding_a_runner_leaves_the_running_job_alone(self):
         a = self.gitlab.create_runner(kind="glrt")["token"]
