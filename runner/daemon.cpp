@@ -818,10 +818,12 @@ private:
         ops_->job_started(id, {r.short_token, r.entry.name, r.entry.limit, nullptr}, r.entry.executor,
                           job.git.repo_url, control);
         job_context ctx{r.entry, *r.api, system_id_.id, cid};
-        ctx.spool_final = [this, entry = r.entry](std::int64_t job_id, gitlab::job_update u,
+        ctx.spool_write = [this, entry = r.entry](std::int64_t job_id, gitlab::job_update u,
                                                   std::string trace) {
-            return spool_final_state(entry, job_id, std::move(u), std::move(trace));
+            return spool_write_ahead(entry, job_id, std::move(u), std::move(trace));
         };
+        ctx.spool_remove = [this](std::int64_t job_id) { return spool_remove(job_id); };
+        ctx.spool_hand_over = [this](std::int64_t job_id) { spool_hand_over(job_id); };
         if (r.entry.executor == "docker") {
             prune::mark_volume_use(prune::volume_marks_dir(options_.config_path), r.short_token,
                                    job.info.project_id);
@@ -909,7 +911,11 @@ private:
 
     // ---- the spool: final states GitLab did not take ------------------------------------------
 
-    asio::awaitable<bool> spool_final_state(config::runner_entry runner, std::int64_t job_id,
+    // Write-ahead: every final state is on disk before its first PUT (the job calls this), so
+    // a SIGKILL or power loss between the job's end and GitLab's 200 loses nothing: the next
+    // start delivers it. GitLab's 200 removes the entry; an unreachable or failing GitLab hands
+    // it over to a delivery coroutine.
+    asio::awaitable<bool> spool_write_ahead(config::runner_entry runner, std::int64_t job_id,
                                             gitlab::job_update update, std::string trace) {
         spool::entry e;
         e.job_id = job_id;
@@ -939,11 +945,31 @@ private:
                        {{"job", job_id}});
             co_return false;
         }
+        written_[job_id] = std::move(*stored);
+        co_return true;
+    }
+
+    asio::awaitable<void> spool_remove(std::int64_t job_id) {
+        auto it = written_.find(job_id);
+        if (it == written_.end()) {
+            co_return;
+        }
+        auto s = std::move(it->second);
+        written_.erase(it);
+        co_await util::run_blocking([&s] { spool::remove(s); });
+    }
+
+    void spool_hand_over(std::int64_t job_id) {
+        auto it = written_.find(job_id);
+        if (it == written_.end()) {
+            return;
+        }
+        auto s = std::move(it->second);
+        written_.erase(it);
         log::warn("GitLab did not take the final job state: spooled, it is delivered when GitLab "
                   "answers again",
-                  {{"job", job_id}, {"runner", e.runner}, {"spool", dir.string()}});
-        start_delivery(std::move(*stored));
-        co_return true;
+                  {{"job", job_id}, {"runner", s.e.runner}, {"spool", spool_dir_.string()}});
+        start_delivery(std::move(s));
     }
 
     void deliver_spooled_at_start() {
@@ -1122,6 +1148,7 @@ private:
     int stray_updates_ = 0;
     std::filesystem::path spool_dir_;
     std::set<std::int64_t> delivering_;
+    std::map<std::int64_t, spool::stored> written_;  // written ahead, the job still sending
     bool closed_ = false;
     int pollers_ = 0;
     bool stopping_ = false;

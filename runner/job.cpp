@@ -773,6 +773,14 @@ asio::awaitable<bool> job_run::send_final_state() {
     update.bytesize = static_cast<std::int64_t>(buffer_.size());
     outcome_.trace_bytes = buffer_.size();
 
+    // Write-ahead: state and trace are on disk before GitLab is asked, so a kiln killed (or a
+    // host losing power) before GitLab confirmed them delivers them at its next start.
+    bool spooled = false;
+    if (ctx_.spool_write) {
+        auto trace = buffer_.contents();
+        spooled = co_await ctx_.spool_write(job_.id, update, std::move(trace));
+    }
+
     // GitLab itself stops waiting for the trace after 5 minutes.
     const auto give_up = std::chrono::steady_clock::now() + 5min;
     int backoff = 0;
@@ -785,6 +793,9 @@ asio::awaitable<bool> job_run::send_final_state() {
             switch (r.value.status) {
                 case gitlab::update_status::succeeded:
                 case gitlab::update_status::abort:
+                    if (spooled) {
+                        co_await ctx_.spool_remove(job_.id);
+                    }
                     co_return true;
                 case gitlab::update_status::accepted:
                     wait = r.value.update_interval.value_or(1s);
@@ -804,10 +815,13 @@ asio::awaitable<bool> job_run::send_final_state() {
         }
         // GitLab is down or failing: the spool delivers the state when it is back, even
         // after a restart, and this job's slot is free meanwhile.
-        if (failed && ctx_.spool_final) {
-            auto trace = buffer_.contents();
-            const bool spooled = co_await ctx_.spool_final(job_.id, update, std::move(trace));
+        if (failed && ctx_.spool_write) {
+            if (!spooled) {  // the write-ahead failed: one more try
+                auto trace = buffer_.contents();
+                spooled = co_await ctx_.spool_write(job_.id, update, std::move(trace));
+            }
             if (spooled) {
+                ctx_.spool_hand_over(job_.id);
                 co_return false;
             }
         }
@@ -815,6 +829,9 @@ asio::awaitable<bool> job_run::send_final_state() {
         co_await t.async_wait(use_tuple);
     }
     log::error("GitLab did not take the job's final state within 5 minutes", {{"job", job_.id}});
+    if (spooled) {  // GitLab applies the state by itself after that time
+        co_await ctx_.spool_remove(job_.id);
+    }
     co_return false;
 }
 

@@ -29,11 +29,16 @@ struct job_context {
     gitlab::client& api;
     std::string system_id;
     int concurrent_id = 0;
-    /// Takes over a final state GitLab did not accept (unreachable, failing): writes it with
-    /// the trace to the spool for later delivery. False: it could not; keep trying here.
+    /// The write-ahead spool (see the daemon). `spool_write` puts the final state and trace on
+    /// disk before GitLab is first asked to take them (false: it could not, the job keeps
+    /// trying itself); `spool_remove` drops the entry once GitLab took the state or no longer
+    /// wants it; `spool_hand_over` gives it to the daemon's delivery when GitLab is unreachable
+    /// or failing, freeing the job's slot.
     std::function<boost::asio::awaitable<bool>(std::int64_t job_id, gitlab::job_update update,
                                                std::string trace)>
-        spool_final;
+        spool_write;
+    std::function<boost::asio::awaitable<void>(std::int64_t job_id)> spool_remove;
+    std::function<void(std::int64_t job_id)> spool_hand_over;
 };
 
 /// Handle to ask a running job to stop from outside (daemon shutdown).

@@ -30,7 +30,8 @@ std::optional<gitlab::job_state> state_from(std::string_view s) {
     throw std::system_error(errno, std::generic_category(), what + " " + p.string());
 }
 
-// Writes `data` to `path` through a temporary file, fsynced, mode 0600.
+// Writes `data` to `path` through a temporary file, fsynced, mode 0600. The caller fsyncs
+// the directory so the rename itself is durable.
 void write_file(const std::filesystem::path& path, std::string_view data) {
     const auto tmp = path.string() + ".tmp";
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -154,6 +155,18 @@ stored write(const std::filesystem::path& dir, const entry& e, std::string_view 
     s.json_path = dir / (base + ".json");
     write_file(s.trace_path, trace);
     write_file(s.json_path, to_json(e));
+    // The renames reach the disk with the directory: without this a power loss right after
+    // could leave the files' data but not their names.
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || ::fsync(dfd) != 0) {
+        const int saved = errno;
+        if (dfd >= 0) {
+            ::close(dfd);
+        }
+        errno = saved;
+        fail("cannot sync the spool directory", dir);
+    }
+    ::close(dfd);
     return s;
 }
 

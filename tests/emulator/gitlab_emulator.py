@@ -2181,6 +2181,9 @@ class Handler(BaseHTTPRequestHandler):
     def _apply_fault(self, fault: dict, req: Request) -> Reply | None:
         action = fault["action"]
         if action == "drop":
+            # With a delay: a GitLab that dies holding the request; it is never applied.
+            if fault["delay"]:
+                time.sleep(fault["delay"])
             return Reply(0, drop=True)
         if action == "delay":
             time.sleep(fault["delay"])

@@ -320,6 +320,9 @@ class Emulator:
     def fault(self, path: str, action: str = "status", method: str | None = None,
               status: int = 503, count: int | None = 1, retry_after: float | None = None,
               delay: float | None = None, headers: dict | None = None, body: Any = None) -> dict:
+        """Matching requests get `status` (action "status"), are answered late ("delay": then
+        handled normally), lose their connection unanswered and unapplied ("drop", after
+        `delay` seconds when given), or reset the job's stored trace ("reset_trace")."""
         spec: dict = {"path": path, "action": action, "status": status, "count": count}
         for k, v in (("method", method), ("retry_after", retry_after), ("delay", delay),
                      ("headers", headers), ("body", body)):

@@ -389,6 +389,71 @@ class OutageTest(DaemonTestBase):
             d.quit()
 
 
+class SigkillTest(DaemonTestBase):
+    """Nothing lost when kiln dies (SIGKILL, power loss) after a job ended but before GitLab
+    confirmed its final state: the spool is written ahead of the first final update."""
+    long_poll = 5
+
+    def spool_files(self):
+        d = os.path.join(self.dir, "spool")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def test_sigkill_while_gitlab_holds_the_final_update_loses_nothing(self):
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        self.write_config([self.runner_block("k", token)])
+        job = self.enqueue(token, ["echo start-marker", "sleep 3", "seq 1 30000",
+                                   "echo end-marker"])
+        self.start_kiln()
+        self.wait_running(job["id"], "start-marker")
+        # GitLab refuses the rest of the trace and holds the final PUT without applying it.
+        self.gitlab.fault(rf"^/api/v4/jobs/{job['id']}/trace$", method="PATCH", status=503,
+                          count=None)
+        self.gitlab.fault(rf"^/api/v4/jobs/{job['id']}$", method="PUT", action="drop",
+                          delay=120, count=None)
+
+        def held_final_put():
+            return [r for r in self.gitlab.requests(path=f"/api/v4/jobs/{job['id']}",
+                                                    method="PUT")
+                    if r["status"] is None and (r.get("json") or {}).get("state") == "success"]
+        self.gitlab.wait_for(held_final_put, timeout=90, message="the final PUT, held")
+        # Written before the first attempt, not after a failure (none has come back yet).
+        self.assertEqual(self.spool_files(),
+                         [f"job-{job['id']}.json", f"job-{job['id']}.trace"], self.kiln_log())
+        self.proc.kill()
+        self.assertEqual(self.proc.wait(timeout=10), -signal.SIGKILL)
+        self.gitlab.clear_faults()
+        before = self.gitlab.job(job["id"])
+        self.assertEqual(before["state"], "running")
+        self.assertNotIn("end-marker", before["trace"])  # the tail never reached GitLab
+
+        self.start_kiln()
+        state = self.gitlab.wait_job_state(job["id"], timeout=60)
+        self.assertEqual(state["state"], "success", state)
+        self.assertTrue(state["checksum_ok"], state)
+        trace = state["trace"]
+        for marker in ("start-marker", "\n29999\n30000\n", "end-marker", "Job succeeded"):
+            self.assertIn(marker, trace)
+        self.assertIn("delivering a spooled final job state", self.kiln_log())
+        self.gitlab.wait_for(lambda: self.spool_files() == [], timeout=10,
+                             message="the spool entry to be removed")
+        self.assertNotIn(job["token"], self.kiln_log())
+        self.proc.send_signal(signal.SIGQUIT)
+        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+
+    def test_a_job_gitlab_took_leaves_no_spool_entry(self):
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        self.write_config([self.runner_block("k", token)])
+        job = self.enqueue(token, ["echo fine"])
+        self.start_kiln()
+        state = self.gitlab.wait_job_state(job["id"], timeout=60)
+        self.assertEqual(state["state"], "success", state)
+        self.gitlab.wait_for(lambda: self.spool_files() == [], timeout=10,
+                             message="the written-ahead entry to be removed")
+        self.assertNotIn("spooled", self.kiln_log())
+        self.proc.send_signal(signal.SIGQUIT)
+        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+
+
 class DockerSignalTest(DaemonTestBase):
     long_poll = 5
 
