@@ -9,20 +9,22 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
-#include <boost/beast/ssl/ssl_stream.hpp>
 #include <cerrno>
 #include <cstring>
+#include <type_traits>
 #include <variant>
+
+#include "runner/net/tls_stream.hpp"
 
 namespace kiln::net {
 namespace {
@@ -37,12 +39,32 @@ constexpr std::size_t chunk_size = 64 * 1024;
 
 struct connection {
     std::unique_ptr<beast::tcp_stream> plain;
-    std::unique_ptr<beast::ssl_stream<beast::tcp_stream>> secure;
+    std::unique_ptr<tls_stream> secure;
     beast::flat_buffer buffer;
     clock::time_point opened = clock::now();
 
-    beast::tcp_stream& lowest() { return secure ? beast::get_lowest_layer(*secure) : *plain; }
+    beast::tcp_stream& lowest() { return secure ? secure->next_layer() : *plain; }
 };
+
+// All of `buffers`. Over TLS each call encrypts up to tls_stream::max_batch and sends it in one
+// write, where asio::async_write would hand the stream 64 KiB at a time.
+template <class Stream, class Buffers>
+asio::awaitable<boost::system::error_code> write_all(Stream& stream, const Buffers& buffers) {
+    if constexpr (std::is_same_v<Stream, tls_stream>) {
+        beast::buffers_suffix<Buffers> rest(buffers);
+        while (beast::buffer_bytes(rest) > 0) {
+            auto [ec, n] = co_await stream.async_write_some(rest, use_tuple);
+            if (ec) {
+                co_return ec;
+            }
+            rest.consume(n);
+        }
+        co_return boost::system::error_code{};
+    } else {
+        auto [ec, n] = co_await asio::async_write(stream, buffers, use_tuple);
+        co_return ec;
+    }
+}
 
 bool has_line_break(std::string_view s) {
     return s.find_first_of("\r\n") != std::string_view::npos;
@@ -177,7 +199,7 @@ asio::awaitable<exchange_result> exchange(
         if (pending.empty()) {
             co_return boost::system::error_code{};
         }
-        auto [ec, n] = co_await asio::async_write(stream, pending, use_tuple);
+        auto ec = co_await write_all(stream, pending);
         pending.clear();
         co_return ec;
     };
@@ -226,8 +248,8 @@ asio::awaitable<exchange_result> exchange(
             if (n == 0) {
                 break;
             }
-            auto [ec, w] = co_await asio::async_write(
-                stream, asio::buffer(chunk_data(), static_cast<std::size_t>(n)), use_tuple
+            auto ec = co_await write_all(
+                stream, asio::buffer(chunk_data(), static_cast<std::size_t>(n))
             );
             if (ec) {
                 ::close(fd);
@@ -303,8 +325,7 @@ asio::awaitable<exchange_result> exchange(
 struct http_client::impl {
     asio::any_io_executor executor;
     net::origin origin;
-    std::shared_ptr<SSL_CTX> shared_ctx;  // keeps the cached context shared (tls.hpp)
-    std::shared_ptr<asio::ssl::context> ssl_ctx;
+    std::shared_ptr<SSL_CTX> ssl_ctx;  // shared with other clients using the same files (tls.hpp)
     client_options options;
     std::vector<std::unique_ptr<connection>> idle;
     std::size_t opened = 0;
@@ -335,8 +356,11 @@ struct http_client::impl {
         }
         auto conn = std::make_unique<connection>();
         if (origin.tls) {
-            conn->secure =
-                std::make_unique<beast::ssl_stream<beast::tcp_stream>>(executor, *ssl_ctx);
+            try {
+                conn->secure = std::make_unique<tls_stream>(executor, ssl_ctx.get());
+            } catch (const std::exception& e) {
+                co_return make_error(transport_error::kind::tls, e.what());
+            }
         } else {
             conn->plain = std::make_unique<beast::tcp_stream>(executor);
         }
@@ -367,8 +391,7 @@ struct http_client::impl {
             ::SSL_set1_host(ssl, origin.host.c_str());
         }
         low.expires_at(deadline);
-        auto [hec] = co_await conn->secure->async_handshake(asio::ssl::stream_base::client,
-                                                             use_tuple);
+        auto [hec] = co_await conn->secure->async_handshake(use_tuple);
         if (hec) {
             long verify = ::SSL_get_verify_result(ssl);
             if (verify != X509_V_OK) {
@@ -402,12 +425,8 @@ http_client::http_client(
     asio::ip::make_address(impl_->origin.host, ec);
     impl_->host_is_ip = !ec;
     if (impl_->origin.tls) {
-        impl_->shared_ctx = make_client_tls_context(tls);
-        SSL_CTX* native = impl_->shared_ctx.get();
-        ::SSL_CTX_set_client_cert_cb(native, note_client_cert_request);
-        // asio's context frees the handle it is given; it gets a reference of its own.
-        ::SSL_CTX_up_ref(native);
-        impl_->ssl_ctx = std::make_shared<asio::ssl::context>(native);
+        impl_->ssl_ctx = make_client_tls_context(tls);
+        ::SSL_CTX_set_client_cert_cb(impl_->ssl_ctx.get(), note_client_cert_request);
     }
 }
 
