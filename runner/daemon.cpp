@@ -217,6 +217,14 @@ public:
         asio::co_spawn(io_, wait_until_done(), asio::detached);
         ops_->polling_started();
         spool_dir_ = spool::directory(options_.config_path, options_.settings.spool_dir);
+        try {
+            // Jobs keep their live logs here too, so the final one becomes a spool entry
+            // without a copy.
+            spool::create_directory(spool_dir_);
+        } catch (const std::exception& ex) {
+            log::warn(std::string(ex.what()) + ": job logs go to $TMPDIR and are copied into "
+                      "the spool when a job ends");
+        }
         deliver_spooled_at_start();
         asio::co_spawn(io_, prune_hourly(), asio::detached);
         schedule_trim();
@@ -819,9 +827,10 @@ private:
                           job.git.repo_url, control);
         job_context ctx{r.entry, *r.api, system_id_.id, cid};
         ctx.spool_write = [this, entry = r.entry](std::int64_t job_id, gitlab::job_update u,
-                                                  std::string trace) {
-            return spool_write_ahead(entry, job_id, std::move(u), std::move(trace));
+                                                  spool::trace_saver save_trace) {
+            return spool_write_ahead(entry, job_id, std::move(u), std::move(save_trace));
         };
+        ctx.trace_dir = spool_dir_.string();
         ctx.spool_remove = [this](std::int64_t job_id) { return spool_remove(job_id); };
         ctx.spool_hand_over = [this](std::int64_t job_id) { spool_hand_over(job_id); };
         if (r.entry.executor == "docker") {
@@ -916,7 +925,8 @@ private:
     // start delivers it. GitLab's 200 removes the entry; an unreachable or failing GitLab hands
     // it over to a delivery coroutine.
     asio::awaitable<bool> spool_write_ahead(config::runner_entry runner, std::int64_t job_id,
-                                            gitlab::job_update update, std::string trace) {
+                                            gitlab::job_update update,
+                                            spool::trace_saver save_trace) {
         spool::entry e;
         e.job_id = job_id;
         e.job_token = update.token;
@@ -934,7 +944,7 @@ private:
         std::optional<spool::stored> stored;
         stored = co_await util::run_blocking([&]() -> std::optional<spool::stored> {
             try {
-                return spool::write(dir, e, trace);
+                return spool::write(dir, e, save_trace);
             } catch (const std::exception& ex) {
                 error = ex.what();
                 return std::nullopt;
@@ -1036,9 +1046,12 @@ private:
         while (!closed_) {
             std::chrono::milliseconds wait{0};
             bool done = false;
-            std::string trace;
+            // The trace is read a PATCH at a time: a spooled log can be as large as
+            // output_limit, and waiting entries should cost no memory.
+            std::int64_t trace_size = 0;
             try {
-                trace = co_await util::run_blocking([&s] { return spool::read_trace(s); });
+                trace_size = static_cast<std::int64_t>(
+                    co_await util::run_blocking([&s] { return spool::trace_size(s); }));
             } catch (const std::exception& ex) {
                 log::error(std::string("spooled trace unreadable, sending the state alone: ") +
                                ex.what(),
@@ -1046,8 +1059,24 @@ private:
                 offset = std::numeric_limits<std::int64_t>::max();
             }
             bool reached = true;
-            while (reached && offset < static_cast<std::int64_t>(trace.size()) && !closed_) {
-                auto chunk = trace.substr(static_cast<std::size_t>(offset), trace::max_patch_bytes);
+            while (reached && offset < trace_size && !closed_) {
+                std::string chunk;
+                try {
+                    chunk = co_await util::run_blocking([&s, offset] {
+                        return spool::read_trace(s, static_cast<std::size_t>(offset),
+                                                 trace::max_patch_bytes);
+                    });
+                } catch (const std::exception& ex) {
+                    log::error(std::string("spooled trace unreadable, sending the state alone: ") +
+                                   ex.what(),
+                               {{"job", s.e.job_id}});
+                    offset = std::numeric_limits<std::int64_t>::max();
+                    break;
+                }
+                if (chunk.empty()) {
+                    trace_size = offset;  // the file is shorter than it was: send what it has
+                    break;
+                }
                 auto p = co_await (api->patch_trace(s.e.job_id, s.e.job_token, std::move(chunk),
                                                     offset, false) ||
                                    closing_.async_wait(use_tuple));
@@ -1061,10 +1090,9 @@ private:
                 }
                 if (pr.value.status == gitlab::patch_status::succeeded ||
                     pr.value.status == gitlab::patch_status::range_mismatch) {
-                    offset = std::min<std::int64_t>(pr.value.new_offset,
-                                                    static_cast<std::int64_t>(trace.size()));
+                    offset = std::min<std::int64_t>(pr.value.new_offset, trace_size);
                     if (pr.value.status == gitlab::patch_status::range_mismatch &&
-                        pr.value.new_offset > static_cast<std::int64_t>(trace.size())) {
+                        pr.value.new_offset > trace_size) {
                         break;  // GitLab holds more than kiln has: nothing left to send
                     }
                     continue;

@@ -106,7 +106,7 @@ public:
     job_run(asio::any_io_executor ex, job_context ctx, gitlab::job_spec job,
             std::shared_ptr<job_control> control)
         : ex_(ex), ctx_(ctx), job_(std::move(job)), control_(std::move(control)),
-          buffer_(trace_limit(ctx.runner), secrets(job_), trace_settings(job_, ctx.runner)),
+          buffer_(trace_limit(ctx.runner), secrets(job_), trace_settings(job_, ctx)),
           streamer_(ex, ctx.api, job_.id, job_.token, buffer_), deadline_timer_(ex),
           kill_timer_(ex), host_(ex, ctx.runner.shell), stages_exec_(&host_) {
         if (ctx_.runner.executor == "docker") {
@@ -124,8 +124,10 @@ private:
                                   : trace::default_limit;
     }
     static trace::trace_options trace_settings(const gitlab::job_spec& job,
-                                               const config::runner_entry& runner) {
+                                               const job_context& ctx) {
+        const auto& runner = ctx.runner;
         trace::trace_options o;
+        o.spool_dir = ctx.trace_dir;
         o.token_prefixes = job.features.token_mask_prefixes;
         const auto* ff = gitlab::find_variable(job.variables, "FF_MASK_ALL_DEFAULT_TOKENS");
         o.mask_all_default_tokens = ff == nullptr || ff->value != "false";
@@ -182,6 +184,10 @@ private:
     asio::awaitable<executors::docker::prepare_result> prepare_docker();
     asio::awaitable<void> watch_deadline();
     asio::awaitable<bool> send_final_state();
+    // Runs on the blocking pool while the job waits for it; the buffer is closed by then.
+    std::function<void(const std::filesystem::path&)> save_trace() const {
+        return [this](const std::filesystem::path& p) { buffer_.save_as(p); };
+    }
     artifacts::stage_context artifact_context();
     cache::stage_context cache_context() {
         return {&ctx_.runner, &job_, &env_, project_dir_, [this](std::string_view s) { out(s); }};
@@ -777,8 +783,7 @@ asio::awaitable<bool> job_run::send_final_state() {
     // host losing power) before GitLab confirmed them delivers them at its next start.
     bool spooled = false;
     if (ctx_.spool_write) {
-        auto trace = buffer_.contents();
-        spooled = co_await ctx_.spool_write(job_.id, update, std::move(trace));
+        spooled = co_await ctx_.spool_write(job_.id, update, save_trace());
     }
 
     // GitLab itself stops waiting for the trace after 5 minutes.
@@ -817,8 +822,7 @@ asio::awaitable<bool> job_run::send_final_state() {
         // after a restart, and this job's slot is free meanwhile.
         if (failed && ctx_.spool_write) {
             if (!spooled) {  // the write-ahead failed: one more try
-                auto trace = buffer_.contents();
-                spooled = co_await ctx_.spool_write(job_.id, update, std::move(trace));
+                spooled = co_await ctx_.spool_write(job_.id, update, save_trace());
             }
             if (spooled) {
                 ctx_.spool_hand_over(job_.id);

@@ -34,9 +34,13 @@ struct job_context {
     /// trying itself); `spool_remove` drops the entry once GitLab took the state or no longer
     /// wants it; `spool_hand_over` gives it to the daemon's delivery when GitLab is unreachable
     /// or failing, freeing the job's slot.
-    std::function<boost::asio::awaitable<bool>(std::int64_t job_id, gitlab::job_update update,
-                                               std::string trace)>
+    std::function<boost::asio::awaitable<bool>(
+        std::int64_t job_id, gitlab::job_update update,
+        std::function<void(const std::filesystem::path&)> save_trace)>
         spool_write;
+    /// Where the job's log is kept while it runs: the spool directory, so that the final log
+    /// becomes the spool entry's without a copy. Empty: $TMPDIR.
+    std::string trace_dir;
     std::function<boost::asio::awaitable<void>(std::int64_t job_id)> spool_remove;
     std::function<void(std::int64_t job_id)> spool_hand_over;
 };

@@ -30,13 +30,11 @@ std::optional<gitlab::job_state> state_from(std::string_view s) {
     throw std::system_error(errno, std::generic_category(), what + " " + p.string());
 }
 
-// Writes `data` to `path` through a temporary file, fsynced, mode 0600. The caller fsyncs
-// the directory so the rename itself is durable.
-void write_file(const std::filesystem::path& path, std::string_view data) {
-    const auto tmp = path.string() + ".tmp";
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+// Writes `data` to `path` (a new file), fsynced, mode 0600.
+void write_new_file(const std::filesystem::path& path, std::string_view data) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
-        fail("cannot create", tmp);
+        fail("cannot create", path);
     }
     std::size_t done = 0;
     while (done < data.size()) {
@@ -47,17 +45,27 @@ void write_file(const std::filesystem::path& path, std::string_view data) {
             }
             const int saved = errno;
             ::close(fd);
-            ::unlink(tmp.c_str());
             errno = saved;
-            fail("cannot write", tmp);
+            fail("cannot write", path);
         }
         done += static_cast<std::size_t>(n);
     }
     if (::fsync(fd) != 0 || ::close(fd) != 0) {
-        const int saved = errno;
+        fail("cannot write", path);
+    }
+}
+
+// Has `save` write `path` through a temporary file, then renames it into place. The caller
+// fsyncs the directory so the rename itself is durable.
+void write_file(const std::filesystem::path& path,
+                const std::function<void(const std::filesystem::path&)>& save) {
+    const std::filesystem::path tmp = path.string() + ".tmp";
+    ::unlink(tmp.c_str());  // a leftover of an interrupted write
+    try {
+        save(tmp);
+    } catch (...) {
         ::unlink(tmp.c_str());
-        errno = saved;
-        fail("cannot write", tmp);
+        throw;
     }
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         const int saved = errno;
@@ -144,17 +152,26 @@ std::filesystem::path directory(const std::filesystem::path& config_path,
     return config_path.parent_path() / "spool";
 }
 
-stored write(const std::filesystem::path& dir, const entry& e, std::string_view trace) {
+void create_directory(const std::filesystem::path& dir) {
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
         fail("cannot create the spool directory", dir);
     }
+}
+
+stored write(const std::filesystem::path& dir, const entry& e, std::string_view trace) {
+    return write(dir, e, [trace](const std::filesystem::path& p) { write_new_file(p, trace); });
+}
+
+stored write(const std::filesystem::path& dir, const entry& e, const trace_saver& save_trace) {
+    spool::create_directory(dir);
     stored s;
     s.e = e;
     const auto base = "job-" + std::to_string(e.job_id);
     s.trace_path = dir / (base + ".trace");
     s.json_path = dir / (base + ".json");
-    write_file(s.trace_path, trace);
-    write_file(s.json_path, to_json(e));
+    write_file(s.trace_path, save_trace);
+    const auto json = to_json(e);
+    write_file(s.json_path, [&json](const std::filesystem::path& p) { write_new_file(p, json); });
     // The renames reach the disk with the directory: without this a power loss right after
     // could leave the files' data but not their names.
     const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -203,12 +220,40 @@ std::vector<stored> load_all(const std::filesystem::path& dir, std::vector<std::
     return out;
 }
 
-std::string read_trace(const stored& s) {
-    std::ifstream in(s.trace_path, std::ios::binary);
-    if (!in) {
-        throw std::runtime_error("cannot read " + s.trace_path.string());
+std::size_t trace_size(const stored& s) {
+    struct stat st {};
+    if (::stat(s.trace_path.c_str(), &st) != 0) {
+        fail("cannot read", s.trace_path);
     }
-    return std::string((std::istreambuf_iterator<char>(in)), {});
+    return static_cast<std::size_t>(st.st_size);
+}
+
+std::string read_trace(const stored& s, std::size_t offset, std::size_t max) {
+    const int fd = ::open(s.trace_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fail("cannot read", s.trace_path);
+    }
+    std::string out(max, '\0');
+    std::size_t done = 0;
+    while (done < max) {
+        const auto n = ::pread(fd, out.data() + done, max - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            const int saved = errno;
+            ::close(fd);
+            errno = saved;
+            fail("cannot read", s.trace_path);
+        }
+        if (n == 0) {
+            break;
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    ::close(fd);
+    out.resize(done);
+    return out;
 }
 
 void remove(const stored& s) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -47,16 +48,26 @@ struct stored {
     std::filesystem::path trace_path;
 };
 
+/// Puts the whole trace into a new file at the given path (0600) and makes it durable
+/// (fsync); throws on failure. trace_buffer::save_as does it without copying the log.
+using trace_saver = std::function<void(const std::filesystem::path&)>;
+
 /// Writes the trace, then the entry (atomically: the .json appears last, so a present .json
 /// always has its trace). The directory is created 0700, files 0600. Throws on failure.
+stored write(const std::filesystem::path& dir, const entry& e, const trace_saver& save_trace);
 stored write(const std::filesystem::path& dir, const entry& e, std::string_view trace);
+
+/// Creates the spool directory (0700) if it does not exist; throws on failure.
+void create_directory(const std::filesystem::path& dir);
 
 /// Every entry in `dir` (none when it does not exist); unreadable ones are reported in
 /// `problems` and left alone.
 std::vector<stored> load_all(const std::filesystem::path& dir, std::vector<std::string>& problems);
 
-/// The spooled trace; throws when it cannot be read.
-std::string read_trace(const stored& s);
+/// The spooled trace's size; throws when it cannot be read.
+std::size_t trace_size(const stored& s);
+/// Up to `max` bytes of the spooled trace from `offset`; throws when it cannot be read.
+std::string read_trace(const stored& s, std::size_t offset, std::size_t max);
 
 void remove(const stored& s);
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <system_error>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -25,17 +26,14 @@ constexpr std::size_t small_spool_batch = 32 * 1024;
 constexpr std::size_t large_spool_batch = 128 * 1024;
 constexpr std::size_t fast_write = 32 * 1024;
 
-std::string spool_directory(const std::string& configured) {
-    if (!configured.empty()) {
-        return configured;
-    }
+std::string temp_directory() {
     const char* tmp = std::getenv("TMPDIR");
     return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
 }
 
 // An anonymous file: it has no name from the start (O_TMPFILE) or loses it at once, so it goes
 // away with the descriptor even if kiln is killed.
-int open_spool(const std::string& dir) {
+int open_anonymous(const std::string& dir) {
 #ifdef O_TMPFILE
     if (int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600); fd >= 0) {
         return fd;
@@ -47,6 +45,62 @@ int open_spool(const std::string& dir) {
         ::unlink(path.c_str());
     }
     return fd;
+}
+
+int open_spool(const std::string& configured) {
+    if (!configured.empty()) {
+        if (int fd = open_anonymous(configured); fd >= 0) {
+            return fd;
+        }
+    }
+    return open_anonymous(temp_directory());
+}
+
+[[noreturn]] void fail(const char* what, const std::filesystem::path& p) {
+    throw std::system_error(errno, std::generic_category(), std::string(what) + " " + p.string());
+}
+
+// Copies [0, n) of `from` to `to` in the kernel where it can, else through a buffer.
+bool copy_range(int from, int to, std::size_t n) {
+    std::size_t done = 0;
+    while (done < n) {
+        loff_t in = static_cast<loff_t>(done);
+        const ssize_t c = ::copy_file_range(from, &in, to, nullptr, n - done, 0);
+        if (c > 0) {
+            done += static_cast<std::size_t>(c);
+            continue;
+        }
+        if (c < 0 && errno == EINTR) {
+            continue;
+        }
+        if (c == 0 || (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP)) {
+            return false;
+        }
+        // No kernel copy between these files: the rest through user space.
+        std::unique_ptr<char[]> buf(new char[64 * 1024]);
+        while (done < n) {
+            const ssize_t r = ::pread(from, buf.get(), std::min<std::size_t>(64 * 1024, n - done),
+                                      static_cast<off_t>(done));
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r <= 0) {
+                return false;
+            }
+            for (ssize_t w = 0; w < r;) {
+                const ssize_t k = ::write(to, buf.get() + w, static_cast<std::size_t>(r - w));
+                if (k < 0 && errno == EINTR) {
+                    continue;
+                }
+                if (k <= 0) {
+                    return false;
+                }
+                w += k;
+            }
+            done += static_cast<std::size_t>(r);
+        }
+    }
+    return true;
 }
 
 bool pwrite_all(int fd, const char* p, std::size_t n, std::size_t offset) {
@@ -79,7 +133,7 @@ trace_buffer::trace_buffer(std::size_t limit_bytes, std::vector<std::string> sec
                            trace_options options)
     : limit_(limit_bytes), timestamps_(options.timestamps), clock_(options.clock),
       masking_(masking(std::move(secrets), options)), batch_(small_spool_batch),
-      fd_(open_spool(spool_directory(options.spool_dir))) {
+      fd_(open_spool(options.spool_dir)) {
     lane_for(source::runner);
     if (!timestamps_) {
         masking_ = {};  // no other lane will be started
@@ -288,6 +342,46 @@ std::string trace_buffer::slice(std::size_t offset, std::size_t max) const {
     std::string out(offset < size_ ? std::min(max, size_ - offset) : 0, '\0');
     out.resize(read(offset, out.data(), out.size()));
     return out;
+}
+
+void trace_buffer::save_as(const std::filesystem::path& path) const {
+    if (fd_ >= 0 && !spool_failed_ && spooled_ == size_) {
+        // The whole trace is in the spool file: give it the name. AT_EMPTY_PATH needs
+        // CAP_DAC_READ_SEARCH; the /proc path works for anyone.
+        const std::string self = "/proc/self/fd/" + std::to_string(fd_);
+        if (::linkat(fd_, "", AT_FDCWD, path.c_str(), AT_EMPTY_PATH) == 0 ||
+            ::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, path.c_str(), AT_SYMLINK_FOLLOW) == 0) {
+            if (::fsync(fd_) != 0) {
+                const int saved = errno;
+                ::unlink(path.c_str());
+                errno = saved;
+                fail("cannot write", path);
+            }
+            return;
+        }
+    }
+    const int out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (out < 0) {
+        fail("cannot create", path);
+    }
+    const std::size_t in_file = fd_ >= 0 ? spooled_ : 0;
+    bool ok = in_file == 0 || copy_range(fd_, out, in_file);
+    for (std::size_t done = 0; ok && done < pending_.size();) {
+        const ssize_t w = ::write(out, pending_.data() + done, pending_.size() - done);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        ok = w > 0;
+        done += ok ? static_cast<std::size_t>(w) : 0;
+    }
+    if (!ok || ::fsync(out) != 0) {
+        const int saved = errno;
+        ::close(out);
+        ::unlink(path.c_str());
+        errno = saved;
+        fail("cannot write", path);
+    }
+    ::close(out);
 }
 
 std::string trace_buffer::checksum() const {

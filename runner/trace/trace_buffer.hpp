@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,7 +29,8 @@ enum class source : std::uint8_t { runner, job_stdout, job_stderr };
 struct trace_options {
     std::vector<std::string> token_prefixes;  ///< features.token_mask_prefixes
     bool mask_all_default_tokens = true;      ///< FF_MASK_ALL_DEFAULT_TOKENS
-    /// Where the spool file is created; empty: $TMPDIR, else /tmp.
+    /// Where the spool file is created (kiln's spool directory, so save_as can name it without
+    /// a copy); empty or unusable: $TMPDIR, else /tmp.
     std::string spool_dir;
     /// FF_TIMESTAMPS: each line gets gitlab-runner's prefix (time, stream id, O/E, '+' for a
     /// continued line; protocol.md §6.4 item 4), and each source is masked and cut into lines on
@@ -74,6 +76,12 @@ public:
     /// Up to `max` final bytes from `offset`.
     std::string slice(std::size_t offset, std::size_t max) const;
     std::string contents() const { return slice(0, size_); }
+
+    /// After close(): the whole trace as a new file at `path` (mode 0600), made durable with
+    /// fsync. The spool file itself gets the name when it can (same file system, O_TMPFILE):
+    /// no byte is copied; otherwise the kernel copies it (copy_file_range). Throws
+    /// std::system_error naming the path.
+    void save_as(const std::filesystem::path& path) const;
 
     /// "crc32:%08x" over all final bytes, as GitLab expects in output.checksum.
     std::string checksum() const;

@@ -4,6 +4,7 @@
 #include <libdeflate.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -275,7 +277,64 @@ TEST_CASE("the spool file is created in the given directory and never has a name
     ::rmdir(dir.c_str());
 }
 
-TEST_CASE("without a usable spool directory the log stays in memory and still works", "[trace]") {
+namespace {
+
+struct temp_dir {
+    std::string path;
+    temp_dir() {
+        char tmpl[] = "/tmp/kiln-save-test-XXXXXX";
+        REQUIRE(::mkdtemp(tmpl) != nullptr);
+        path = tmpl;
+    }
+    ~temp_dir() { std::system(("rm -rf '" + path + "'").c_str()); }
+};
+
+std::string file_text(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+mode_t file_mode(const std::string& path) {
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    return st.st_mode & 07777;
+}
+
+// Sets an environment variable for one scope.
+struct scoped_env {
+    std::string name;
+    std::optional<std::string> old;
+    scoped_env(std::string n, const char* value) : name(std::move(n)) {
+        if (const char* v = std::getenv(name.c_str())) {
+            old = v;
+        }
+        ::setenv(name.c_str(), value, 1);
+    }
+    ~scoped_env() {
+        if (old) {
+            ::setenv(name.c_str(), old->c_str(), 1);
+        } else {
+            ::unsetenv(name.c_str());
+        }
+    }
+};
+
+}  // namespace
+
+TEST_CASE("an unusable spool directory falls back to $TMPDIR", "[trace]") {
+    temp_dir tmp;
+    scoped_env env("TMPDIR", tmp.path.c_str());
+    kiln::trace::trace_options o;
+    o.spool_dir = "/nonexistent/kiln-spool";
+    trace_buffer b(1 << 20, {"abcdefgh"}, o);
+    CHECK(b.spooled());
+    b.write("x abcdefgh y\n");
+    b.close();
+    CHECK(b.contents() == "x [MASKED] y\n");
+}
+
+TEST_CASE("without any usable directory the log stays in memory and still works", "[trace]") {
+    scoped_env env("TMPDIR", "/nonexistent/kiln-tmp");
     kiln::trace::trace_options o;
     o.spool_dir = "/nonexistent/kiln-spool";
     trace_buffer b(1 << 20, {"abcdefgh"}, o);
@@ -288,6 +347,67 @@ TEST_CASE("without a usable spool directory the log stays in memory and still wo
     b.close();
     CHECK(b.contents() == expected);
     CHECK(b.checksum() == crc_of(expected));
+
+    // save_as writes what memory holds.
+    temp_dir out;
+    b.save_as(out.path + "/job.trace");
+    CHECK(file_text(out.path + "/job.trace") == expected);
+    CHECK(file_mode(out.path + "/job.trace") == 0600);
+}
+
+TEST_CASE("save_as names the spool file itself when it is on the same file system", "[trace]") {
+    temp_dir spool;
+    kiln::trace::trace_options o;
+    o.spool_dir = spool.path;
+    trace_buffer b(1 << 24, {"abcdefgh"}, o);
+    REQUIRE(b.spooled());
+    std::string expected;
+    for (int i = 0; i < 50000; ++i) {
+        b.write("line " + std::to_string(i) + " abcdefgh\n");
+        expected += "line " + std::to_string(i) + " [MASKED]\n";
+    }
+    b.close();
+    const auto path = spool.path + "/job-1.trace";
+    b.save_as(path);
+    CHECK(file_text(path) == expected);
+    CHECK(file_mode(path) == 0600);
+    // Linked, not copied: the name and the buffer's file are one inode, so the buffer keeps
+    // reading what the name holds, and the file has a link count of one (its only name).
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(st.st_nlink == 1);
+    CHECK(b.slice(0, 16) == expected.substr(0, 16));
+    bool found = false;
+    for (int fd = 3; fd < 1024 && !found; ++fd) {
+        struct stat fst {};
+        found = ::fstat(fd, &fst) == 0 && fst.st_ino == st.st_ino && fst.st_dev == st.st_dev;
+    }
+    CHECK(found);
+    // An existing file is not overwritten.
+    CHECK_THROWS(b.save_as(path));
+}
+
+TEST_CASE("save_as copies the log when the spool file is elsewhere", "[trace]") {
+    temp_dir live;
+    temp_dir spool;
+    kiln::trace::trace_options o;
+    o.spool_dir = live.path;
+    trace_buffer b(1 << 24, {}, o);
+    std::string expected;
+    for (int i = 0; i < 30000; ++i) {
+        expected += "output line " + std::to_string(i) + "\n";
+    }
+    b.write(expected);
+    b.close();
+    // Another directory: on the same file system linkat would still work, so name a file
+    // system the spool file cannot be on when one is there.
+    const bool shm = ::access("/dev/shm", W_OK) == 0;
+    const std::string target = shm ? "/dev/shm/kiln-save-test-" + std::to_string(::getpid())
+                                   : spool.path + "/job.trace";
+    b.save_as(target);
+    CHECK(file_text(target) == expected);
+    CHECK(file_mode(target) == 0600);
+    ::unlink(target.c_str());
 }
 
 TEST_CASE("when the spool file cannot grow, the rest of the log stays in memory", "[trace]") {
@@ -304,18 +424,16 @@ TEST_CASE("when the spool file cannot grow, the rest of the log stays in memory"
     std::string contents;
     std::string checksum;
     bool spooled_at_end = true;
-    {
-        trace_buffer b(1 << 22, {"abcdefgh"});
-        spooled_at_first = b.spooled();
-        for (int i = 0; i < 20000; ++i) {
-            b.write("line " + std::to_string(i) + " abcdefgh\n");
-            expected += "line " + std::to_string(i) + " [MASKED]\n";
-        }
-        b.close();
-        spooled_at_end = b.spooled();
-        contents = b.contents();
-        checksum = b.checksum();
+    trace_buffer b(1 << 22, {"abcdefgh"});
+    spooled_at_first = b.spooled();
+    for (int i = 0; i < 20000; ++i) {
+        b.write("line " + std::to_string(i) + " abcdefgh\n");
+        expected += "line " + std::to_string(i) + " [MASKED]\n";
     }
+    b.close();
+    spooled_at_end = b.spooled();
+    contents = b.contents();
+    checksum = b.checksum();
     ::setrlimit(RLIMIT_FSIZE, &old);
     std::signal(SIGXFSZ, old_handler);
 
@@ -323,6 +441,10 @@ TEST_CASE("when the spool file cannot grow, the rest of the log stays in memory"
     CHECK_FALSE(spooled_at_end);
     CHECK(contents == expected);
     CHECK(checksum == crc_of(expected));
+    // The spool entry gets the file's part and then what stayed in memory.
+    temp_dir out;
+    b.save_as(out.path + "/job.trace");
+    CHECK(file_text(out.path + "/job.trace") == expected);
 }
 
 // ---- FF_TIMESTAMPS ---------------------------------------------------------------------------
