@@ -520,7 +520,6 @@ private:
     asio::awaitable<void> poll(std::shared_ptr<runner_slot> rp, int index) {
         using namespace asio::experimental::awaitable_operators;
         auto& r = *rp;
-        std::mt19937_64 rng{std::random_device{}()};
         int errors = 0;
         int quick_204s = 0;
         auto active = [&] {
@@ -551,7 +550,7 @@ private:
             std::chrono::milliseconds wait{0};
             if (!res.reached()) {
                 wait = gitlab::full_jitter_backoff(errors++, 1s, 60s,
-                                                   std::uniform_real_distribution<>(0, 1)(rng));
+                                                   std::uniform_real_distribution<>(0, 1)(rng_));
                 log::warn("checking for jobs failed: " + res.transport.message,
                           {{"runner", r.short_token},
                            {"retry_in_ms", static_cast<long long>(wait.count())}});
@@ -585,14 +584,14 @@ private:
                         continue;
                     case gitlab::request_job_status::forbidden:
                         wait = gitlab::full_jitter_backoff(
-                            errors++, 5s, 5min, std::uniform_real_distribution<>(0, 1)(rng));
+                            errors++, 5s, 5min, std::uniform_real_distribution<>(0, 1)(rng_));
                         log::error("GitLab rejected the runner token (403): check the runner in "
                                    "GitLab or run `kiln verify`",
                                    {{"runner", r.short_token}});
                         break;
                     case gitlab::request_job_status::failed:
                         wait = gitlab::full_jitter_backoff(
-                            errors++, 1s, 60s, std::uniform_real_distribution<>(0, 1)(rng));
+                            errors++, 1s, 60s, std::uniform_real_distribution<>(0, 1)(rng_));
                         log::warn("checking for jobs failed: HTTP " +
                                       std::to_string(v.http_status) + " " + v.message,
                                   {{"runner", r.short_token}});
@@ -1040,7 +1039,6 @@ private:
         as_runner.executor = s.e.executor;
         as_runner.shell = s.e.shell;
         api->set_info(info_for(as_runner));
-        std::mt19937_64 rng{std::random_device{}()};
         std::int64_t offset = s.e.trace_offset;
         int errors = 0;
         while (!closed_) {
@@ -1140,7 +1138,7 @@ private:
             }
             if (!reached) {
                 wait = gitlab::full_jitter_backoff(errors++, 1s, 30s,
-                                                   std::uniform_real_distribution<>(0, 1)(rng));
+                                                   std::uniform_real_distribution<>(0, 1)(rng_));
             }
             if (wait.count() > 0 && !closed_) {
                 if (!reached) {
@@ -1175,6 +1173,9 @@ private:
     std::int64_t finished_jobs_ = 0;
     int stray_updates_ = 0;
     std::filesystem::path spool_dir_;
+    // Backoff jitter for every poller and delivery: one generator (2.5 KiB of state) rather
+    // than one in each coroutine frame, which lives as long as the poller.
+    std::mt19937_64 rng_{std::random_device{}()};
     std::set<std::int64_t> delivering_;
     std::map<std::int64_t, spool::stored> written_;  // written ahead, the job still sending
     bool closed_ = false;

@@ -55,7 +55,9 @@ struct client::impl {
     runner_info info;
     runner_info registration_info;
     status_counters counters;
-    std::mt19937_64 rng{std::random_device{}()};
+    // Jitter and request ids need no more than this: mt19937_64 would add 2.5 KiB to every
+    // runner entry's client.
+    std::minstd_rand rng{std::random_device{}()};
 
     double jitter() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng); }
 
@@ -131,9 +133,11 @@ struct client::impl {
         }
     }
 
+    // Parameters by value: the API methods return this awaitable without a frame of their own
+    // (one frame less per held long poll), so it must own everything it uses.
     template <class Result, class Map>
-    asio::awaitable<api_result<Result>> call_mapped(const std::string& endpoint,
-                                                    net::http_request req, Map map) {
+    asio::awaitable<api_result<Result>> call_mapped(std::string endpoint, net::http_request req,
+                                                    Map map) {
         auto out = co_await call(endpoint, base.origin, std::move(req));
         api_result<Result> r;
         if (!out.response) {
@@ -184,7 +188,7 @@ asio::awaitable<api_result<register_result>> client::register_runner(std::string
                             register_body(p, impl_->registration_info, registration_token), true);
     req.headers.set("RUNNER-TOKEN", registration_token);
     req.timeout = impl_->config.request_timeout;
-    co_return co_await impl_->call_mapped<register_result>("runners", std::move(req),
+    return impl_->call_mapped<register_result>("runners", std::move(req),
                                                            map_register_response);
 }
 
@@ -194,7 +198,7 @@ asio::awaitable<api_result<verify_result>> client::verify_runner(std::string tok
                             verify_body(impl_->info, token, system_id), true);
     req.headers.set("RUNNER-TOKEN", token);
     req.timeout = impl_->config.request_timeout;
-    co_return co_await impl_->call_mapped<verify_result>("runners/verify", std::move(req),
+    return impl_->call_mapped<verify_result>("runners/verify", std::move(req),
                                                          map_verify_response);
 }
 
@@ -202,7 +206,7 @@ asio::awaitable<api_result<unregister_result>> client::unregister_runner(std::st
     auto req = json_request("DELETE", impl_->api("/runners"), unregister_body(token), false);
     req.headers.set("RUNNER-TOKEN", token);
     req.timeout = impl_->config.request_timeout;
-    co_return co_await impl_->call_mapped<unregister_result>("runners", std::move(req),
+    return impl_->call_mapped<unregister_result>("runners", std::move(req),
                                                              map_unregister_response);
 }
 
@@ -212,7 +216,7 @@ asio::awaitable<api_result<unregister_result>> client::unregister_manager(std::s
                             unregister_manager_body(token, system_id), false);
     req.headers.set("RUNNER-TOKEN", token);
     req.timeout = impl_->config.request_timeout;
-    co_return co_await impl_->call_mapped<unregister_result>(
+    return impl_->call_mapped<unregister_result>(
         "runners/managers", std::move(req), map_unregister_manager_response);
 }
 
@@ -221,7 +225,7 @@ asio::awaitable<api_result<reset_token_result>> client::reset_token(std::string 
     auto req = json_request("POST", impl_->api("/runners/reset_authentication_token"),
                             reset_token_body(token), true);
     req.timeout = impl_->config.request_timeout;
-    co_return co_await impl_->call_mapped<reset_token_result>(
+    return impl_->call_mapped<reset_token_result>(
         "runners/reset_authentication_token", std::move(req), map_reset_token_response);
 }
 
@@ -233,7 +237,7 @@ asio::awaitable<api_result<reset_token_result>> client::reset_token_with_pat(
     req.headers.set("Accept", "application/json");
     req.headers.set("PRIVATE-TOKEN", pat);
     req.timeout = impl_->config.request_timeout;
-    co_return co_await impl_->call_mapped<reset_token_result>(
+    return impl_->call_mapped<reset_token_result>(
         "runners/:id/reset_authentication_token", std::move(req), map_reset_token_response);
 }
 
@@ -244,7 +248,7 @@ asio::awaitable<api_result<request_job_result>> client::request_job(std::string 
                             job_request_body(impl_->info, token, system_id, last_update), true);
     req.headers.set("RUNNER-TOKEN", token);
     req.timeout = impl_->config.job_request_timeout;
-    co_return co_await impl_->call_mapped<request_job_result>("jobs/request", std::move(req),
+    return impl_->call_mapped<request_job_result>("jobs/request", std::move(req),
                                                               map_request_job_response);
 }
 
@@ -255,7 +259,7 @@ asio::awaitable<api_result<update_result>> client::update_job(std::int64_t job_i
                             job_update_body(impl_->info, update), false);
     req.headers.set("JOB-TOKEN", token);
     req.timeout = impl_->config.request_timeout;
-    co_return co_await impl_->call_mapped<update_result>("jobs/:id", std::move(req),
+    return impl_->call_mapped<update_result>("jobs/:id", std::move(req),
                                                          map_update_response);
 }
 
@@ -279,7 +283,7 @@ asio::awaitable<api_result<patch_result>> client::patch_trace(std::int64_t job_i
     body.borrowed = content;
     req.body.push_back(std::move(body));
     req.timeout = impl_->config.request_timeout;
-    co_return co_await impl_->call_mapped<patch_result>(
+    return impl_->call_mapped<patch_result>(
         "jobs/:id/trace", std::move(req),
         [offset, length](const net::http_response& r) { return map_patch_response(r, offset, length); });
 }

@@ -413,7 +413,7 @@ request_job_result map_request_job_response(const net::http_response& r) {
                 return out;
             }
             out.status = request_job_status::job_received;
-            out.job = std::move(*parsed);
+            out.job = std::make_unique<job_spec>(std::move(*parsed));
             return out;
         }
         case 204:

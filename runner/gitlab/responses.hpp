@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -125,7 +126,9 @@ enum class request_job_status {
 
 struct request_job_result {
     request_job_status status = request_job_status::failed;
-    std::optional<job_spec> job;
+    /// On the heap: this result sits in the frame of every coroutine between a long poll and
+    /// the daemon (five of them), for the whole hold, and a job_spec is 1.3 KiB.
+    std::unique_ptr<job_spec> job;
     /// Set for a 201 that could not be used. Its job_id/job_token are filled when known, so the
     /// job can be failed on GitLab instead of hanging there until it times out.
     std::optional<payload_error> payload_problem;

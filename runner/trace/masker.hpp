@@ -8,9 +8,33 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace kiln::trace {
+
+/// Where rewritten output goes, a piece at a time. A piece is valid only during the call (it is
+/// a view of the input, of bytes held back, or of "[MASKED]"), so unchanged output is passed on
+/// without a copy. Empty pieces are not passed. A reference to a callable, for the length of
+/// the call it is given to.
+class segment_sink {
+public:
+    template <class F>
+        requires(!std::is_same_v<std::remove_cvref_t<F>, segment_sink>)
+    segment_sink(F&& f) noexcept  // NOLINT: implicit, as a function parameter type
+        : object_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+          call_([](void* o, std::string_view s) { (*static_cast<std::remove_reference_t<F>*>(o))(s); }) {}
+
+    void operator()(std::string_view s) const {
+        if (!s.empty()) {
+            call_(object_, s);
+        }
+    }
+
+private:
+    void* object_;
+    void (*call_)(void*, std::string_view);
+};
 
 inline constexpr std::string_view masked_text = "[MASKED]";
 
@@ -50,11 +74,13 @@ public:
     masker(masker&&) noexcept;
     masker& operator=(masker&&) noexcept;
 
-    /// Appends to `out` what is final of the output so far.
-    void write(std::string_view in, std::string& out);
+    /// Passes on what is final of the output so far.
+    void write(std::string_view in, const segment_sink& out);
+    void write(std::string_view in, std::string& out);  ///< appends
     std::string write(std::string_view in);
 
-    /// End of output: appends everything still held back. The masker can then start over.
+    /// End of output: passes on everything still held back. The masker can then start over.
+    void flush(const segment_sink& out);
     void flush(std::string& out);
     std::string flush();
 
@@ -73,12 +99,14 @@ private:
 /// replaced, until the next write or flush().
 class utf8_repair {
 public:
-    void write(std::string_view in, std::string& out);
+    void write(std::string_view in, const segment_sink& out);
+    void write(std::string_view in, std::string& out);  ///< appends
+    void flush(const segment_sink& out);
     void flush(std::string& out);
     std::size_t held_bytes() const { return pending_.size(); }
 
 private:
-    std::size_t process(std::string_view in, std::string& out, bool at_eof);
+    std::size_t process(std::string_view in, const segment_sink& out, bool at_eof);
 
     std::string pending_;  // at most 3 bytes of an unfinished sequence
 };

@@ -14,10 +14,6 @@
 namespace kiln::trace {
 namespace {
 
-// Output is masked in pieces of at most this size, which bounds the scratch buffers whatever the
-// size of one write (masking rarely makes a piece longer; the buffers can grow if it does).
-constexpr std::size_t piece_bytes = 8 * 1024;
-constexpr std::size_t scratch_bytes = piece_bytes + piece_bytes / 4;
 // Final bytes gather in memory up to a batch before one write to the spool file. While the job
 // writes fast (whole pipe reads at a time) the batch is large: the page cache then takes large
 // folios, and per-page kernel work was the largest cost of streaming a big log. A slow job keeps
@@ -169,27 +165,17 @@ void trace_buffer::write(source from, std::string_view data) {
         }
     }
     batch_ = batch;
-    if (masked_.capacity() < scratch_bytes) {
-        masked_.reserve(scratch_bytes);
-        clean_.reserve(timestamps_ ? 2 * scratch_bytes : scratch_bytes);
-        if (timestamps_) {
-            stamped_.reserve(2 * scratch_bytes);  // a prefix of 32 bytes per line
-        }
+    if (truncated_) {
+        return;
     }
     auto& l = lane_for(from);
-    while (!data.empty() && !truncated_) {
-        const auto piece = data.substr(0, piece_bytes);
-        data.remove_prefix(piece.size());
-        masked_.clear();
-        l.mask.write(piece, masked_);
-        feed(l, masked_);
-    }
+    // The masker passes its output on in pieces, straight through UTF-8 repair to the spool
+    // batch: unchanged bytes are copied once, into the batch.
+    l.mask.write(data, [this, &l](std::string_view s) { feed(l, s); });
     if (timestamps_ && from == source::runner && !truncated_) {
         // kiln writes whole messages: hold nothing of one back until the job's output has
         // come in between.
-        masked_.clear();
-        l.mask.flush(masked_);
-        feed(l, masked_);
+        l.mask.flush([this, &l](std::string_view s) { feed(l, s); });
     }
 }
 
@@ -198,18 +184,13 @@ void trace_buffer::feed(lane& l, std::string_view masked) {
         process(masked);
         return;
     }
-    if (masked.empty()) {
-        return;
-    }
     stamped_.clear();
     l.stamp->write(masked, stamped_);
     process(stamped_);
 }
 
 void trace_buffer::finish(lane& l) {
-    masked_.clear();
-    l.mask.flush(masked_);
-    feed(l, masked_);
+    l.mask.flush([this, &l](std::string_view s) { feed(l, s); });
     if (l.stamp) {
         stamped_.clear();
         l.stamp->flush(stamped_);
@@ -235,27 +216,21 @@ void trace_buffer::close() {
                 finish(*l);
             }
         }
-        clean_.clear();
-        utf8_.flush(clean_);
-        commit(clean_);
+        utf8_.flush([this](std::string_view s) { commit(s); });
     }
     flush_spool();
-    for (auto* s : {&masked_, &stamped_, &clean_}) {
-        s->clear();
-        s->shrink_to_fit();
-    }
+    stamped_.clear();
+    stamped_.shrink_to_fit();
     if (pending_.empty()) {
         pending_.shrink_to_fit();
     }
 }
 
 void trace_buffer::process(std::string_view masked) {
-    if (masked.empty()) {
+    if (masked.empty() || truncated_) {
         return;
     }
-    clean_.clear();
-    utf8_.write(masked, clean_);
-    commit(clean_);
+    utf8_.write(masked, [this](std::string_view s) { commit(s); });
 }
 
 void trace_buffer::commit(std::string_view bytes) {
@@ -397,8 +372,7 @@ std::size_t trace_buffer::memory_footprint() const {
             lanes += sizeof(lane) + l->mask.memory_footprint();
         }
     }
-    return sizeof(*this) + lanes + masked_.capacity() + stamped_.capacity() + clean_.capacity() +
-           pending_.capacity();
+    return sizeof(*this) + lanes + stamped_.capacity() + pending_.capacity();
 }
 
 }  // namespace kiln::trace

@@ -115,9 +115,7 @@ private:
     // By source; without timestamps only [0] exists and takes every source.
     std::array<std::unique_ptr<lane>, 3> lanes_;
     utf8_repair utf8_;
-    std::string masked_;   // scratch: one piece after masking
-    std::string stamped_;  // scratch: the same with timestamps
-    std::string clean_;    // scratch: after UTF-8 repair
+    std::string stamped_;  // scratch: a piece of masked output with timestamps
     std::string pending_;  // final bytes not yet in the spool file
     std::size_t batch_;    // pending_ is written out beyond this size
     int fd_ = -1;
