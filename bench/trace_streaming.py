@@ -73,10 +73,11 @@ def main():
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--plain", action="store_true", help="GitLab over http:// instead of https://")
     ap.add_argument("--kiln", default=os.path.join(ROOT, "build", "release", "runner", "kiln"))
     args = ap.parse_args()
 
-    with harness.Emulator(tls=True, long_poll=50) as gitlab:
+    with harness.Emulator(tls=not args.plain, long_poll=50) as gitlab:
         gitlab.configure(trace_limit_bytes=1 << 30, trace_update_interval=3)
         work = tempfile.mkdtemp(prefix="kiln-trace-bench-")
         kiln = Kiln(gitlab, args.kiln, work, max(2, args.jobs))

@@ -23,6 +23,9 @@
 #include <stdexcept>
 #include <thread>
 
+#include <pthread.h>
+#include <time.h>
+
 namespace kiln::test {
 namespace {
 
@@ -261,6 +264,16 @@ test_http_server::test_http_server(handler h, server_options options)
         auto guard = asio::make_work_guard(*s.ioc);
         s.ioc->run();
     });
+}
+
+std::chrono::nanoseconds test_http_server::cpu_time() const {
+    clockid_t clock{};
+    timespec ts{};
+    if (::pthread_getcpuclockid(impl_->thread.native_handle(), &clock) != 0 ||
+        ::clock_gettime(clock, &ts) != 0) {
+        return {};
+    }
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
 test_http_server::~test_http_server() {

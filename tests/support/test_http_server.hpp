@@ -72,6 +72,9 @@ public:
     /// Connections that ended, for whatever reason (either side closed, TLS handshake failed).
     std::size_t connections_closed() const;
     std::size_t tls_handshake_failures() const;
+    /// CPU time the server's thread has used (user + system), so a benchmark can tell its own
+    /// share of the process's time.
+    std::chrono::nanoseconds cpu_time() const;
 
     /// Blocks the calling thread until `n` requests have arrived; false on timeout.
     bool wait_for_requests(std::size_t n, std::chrono::milliseconds timeout) const;
