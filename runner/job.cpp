@@ -185,7 +185,7 @@ private:
     asio::awaitable<void> watch_deadline();
     asio::awaitable<bool> send_final_state();
     // Runs on the blocking pool while the job waits for it; the buffer is closed by then.
-    std::function<void(const std::filesystem::path&)> save_trace() const {
+    std::function<void(const std::filesystem::path&)> save_trace() {
         return [this](const std::filesystem::path& p) { buffer_.save_as(p); };
     }
     artifacts::stage_context artifact_context();

@@ -114,7 +114,7 @@ std::size_t find_either(const unsigned char* p, std::size_t i, std::size_t n, un
 // dense DFA that is over 1 MiB per job (hundreds of KiB even with byte classes), and walking it a
 // byte at a time is bound by dependent loads: under 1 GB/s once the table leaves L1.
 // Instead, sampled q-gram filtering (the idea of Wu-Manber's blocks): with m the shortest value,
-// g = min(4, m) and stride = min(m - g + 1, 8), an occurrence starting at s contains, at the one
+// g = min(4, m) and stride = min(m - g + 1, 16), an occurrence starting at s contains, at the one
 // sampled position j in [s, s + stride), the g-byte gram of the value at offset j - s < stride.
 // The scan hashes the gram at every stride-th position and tests a bitmap of the grams of every
 // value at offsets 0..stride-1 (8 KiB for 200 values, ~1.5% false hits); a hit for offset o is
@@ -241,7 +241,7 @@ public:
     }
 
 private:
-    static constexpr unsigned max_stride = 8;
+    static constexpr unsigned max_stride = 16;  // long values (tokens) are sampled sparsely
     static constexpr std::uint64_t hash_mul = 0x9E3779B97F4A7C15ull;
 
     static constexpr std::uint32_t no_parent = 0xFFFFFFFF;

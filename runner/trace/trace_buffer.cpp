@@ -14,105 +14,12 @@
 namespace kiln::trace {
 namespace {
 
-// Final bytes gather in memory up to a batch before one write to the spool file. While the job
-// writes fast (whole pipe reads at a time) the batch is large: the page cache then takes large
-// folios, and per-page kernel work was the largest cost of streaming a big log. A slow job keeps
-// the small batch, so its memory stays small.
-constexpr std::size_t small_spool_batch = 32 * 1024;
-constexpr std::size_t large_spool_batch = 128 * 1024;
+// A write of at least this size shows a job writing fast (whole pipe reads at a time): the
+// spool then fills large blocks.
 constexpr std::size_t fast_write = 32 * 1024;
-
-std::string temp_directory() {
-    const char* tmp = std::getenv("TMPDIR");
-    return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
-}
-
-// An anonymous file: it has no name from the start (O_TMPFILE) or loses it at once, so it goes
-// away with the descriptor even if kiln is killed.
-int open_anonymous(const std::string& dir) {
-#ifdef O_TMPFILE
-    if (int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600); fd >= 0) {
-        return fd;
-    }
-#endif
-    std::string path = dir + "/kiln-trace-XXXXXX";
-    const int fd = ::mkostemp(path.data(), O_CLOEXEC);
-    if (fd >= 0) {
-        ::unlink(path.c_str());
-    }
-    return fd;
-}
-
-int open_spool(const std::string& configured) {
-    if (!configured.empty()) {
-        if (int fd = open_anonymous(configured); fd >= 0) {
-            return fd;
-        }
-    }
-    return open_anonymous(temp_directory());
-}
 
 [[noreturn]] void fail(const char* what, const std::filesystem::path& p) {
     throw std::system_error(errno, std::generic_category(), std::string(what) + " " + p.string());
-}
-
-// Copies [0, n) of `from` to `to` in the kernel where it can, else through a buffer.
-bool copy_range(int from, int to, std::size_t n) {
-    std::size_t done = 0;
-    while (done < n) {
-        loff_t in = static_cast<loff_t>(done);
-        const ssize_t c = ::copy_file_range(from, &in, to, nullptr, n - done, 0);
-        if (c > 0) {
-            done += static_cast<std::size_t>(c);
-            continue;
-        }
-        if (c < 0 && errno == EINTR) {
-            continue;
-        }
-        if (c == 0 || (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP)) {
-            return false;
-        }
-        // No kernel copy between these files: the rest through user space.
-        std::unique_ptr<char[]> buf(new char[64 * 1024]);
-        while (done < n) {
-            const ssize_t r = ::pread(from, buf.get(), std::min<std::size_t>(64 * 1024, n - done),
-                                      static_cast<off_t>(done));
-            if (r < 0 && errno == EINTR) {
-                continue;
-            }
-            if (r <= 0) {
-                return false;
-            }
-            for (ssize_t w = 0; w < r;) {
-                const ssize_t k = ::write(to, buf.get() + w, static_cast<std::size_t>(r - w));
-                if (k < 0 && errno == EINTR) {
-                    continue;
-                }
-                if (k <= 0) {
-                    return false;
-                }
-                w += k;
-            }
-            done += static_cast<std::size_t>(r);
-        }
-    }
-    return true;
-}
-
-bool pwrite_all(int fd, const char* p, std::size_t n, std::size_t offset) {
-    while (n > 0) {
-        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w <= 0) {
-            return false;
-        }
-        p += w;
-        n -= static_cast<std::size_t>(w);
-        offset += static_cast<std::size_t>(w);
-    }
-    return true;
 }
 
 masker_options masking(std::vector<std::string> secrets, const trace_options& o) {
@@ -128,19 +35,14 @@ masker_options masking(std::vector<std::string> secrets, const trace_options& o)
 trace_buffer::trace_buffer(std::size_t limit_bytes, std::vector<std::string> secrets,
                            trace_options options)
     : limit_(limit_bytes), timestamps_(options.timestamps), clock_(options.clock),
-      masking_(masking(std::move(secrets), options)), batch_(small_spool_batch),
-      fd_(open_spool(options.spool_dir)) {
+      masking_(masking(std::move(secrets), options)), spool_(options.spool_dir) {
     lane_for(source::runner);
     if (!timestamps_) {
         masking_ = {};  // no other lane will be started
     }
 }
 
-trace_buffer::~trace_buffer() {
-    if (fd_ >= 0) {
-        ::close(fd_);
-    }
-}
+trace_buffer::~trace_buffer() = default;
 
 trace_buffer::lane& trace_buffer::lane_for(source from) {
     const auto i = timestamps_ ? static_cast<std::size_t>(from) : 0;
@@ -156,15 +58,7 @@ trace_buffer::lane& trace_buffer::lane_for(source from) {
 }
 
 void trace_buffer::write(source from, std::string_view data) {
-    const std::size_t batch = data.size() >= fast_write ? large_spool_batch : small_spool_batch;
-    if (batch < batch_) {
-        // The burst is over: give the large batch's memory back.
-        flush_spool();
-        if (pending_.empty()) {
-            pending_.shrink_to_fit();
-        }
-    }
-    batch_ = batch;
+    fast_ = data.size() >= fast_write;
     if (truncated_) {
         return;
     }
@@ -218,12 +112,9 @@ void trace_buffer::close() {
         }
         utf8_.flush([this](std::string_view s) { commit(s); });
     }
-    flush_spool();
     stamped_.clear();
     stamped_.shrink_to_fit();
-    if (pending_.empty()) {
-        pending_.shrink_to_fit();
-    }
+    spool_.release_spares();
 }
 
 void trace_buffer::process(std::string_view masked) {
@@ -257,60 +148,20 @@ void trace_buffer::commit(std::string_view bytes) {
 void trace_buffer::append(std::string_view bytes) {
     crc_ = libdeflate_crc32(crc_, bytes.data(), bytes.size());
     size_ += bytes.size();
-    if (pending_.size() + bytes.size() > batch_) {
-        flush_spool();
-    }
-    if (pending_.empty() && bytes.size() >= batch_ && spooled()) {
-        if (pwrite_all(fd_, bytes.data(), bytes.size(), spooled_)) {
-            spooled_ += bytes.size();
-            return;
-        }
-        spool_failed_ = true;
-    }
-    if (pending_.capacity() < batch_) {
-        pending_.reserve(batch_);
-    }
-    pending_.append(bytes);
-}
-
-void trace_buffer::flush_spool() {
-    if (fd_ < 0 || spool_failed_ || pending_.empty()) {
-        return;
-    }
-    if (!pwrite_all(fd_, pending_.data(), pending_.size(), spooled_)) {
-        // Keep the bytes in memory rather than lose them; the limit still bounds them. Whatever
-        // a failed pwrite left in the file is past spooled_ and never read.
-        spool_failed_ = true;
-        return;
-    }
-    spooled_ += pending_.size();
-    pending_.clear();
+    spool_.append(bytes, fast_);
 }
 
 std::size_t trace_buffer::read(std::size_t offset, char* dest, std::size_t max) const {
-    if (offset >= size_) {
-        return 0;
-    }
-    const std::size_t n = std::min(max, size_ - offset);
     std::size_t done = 0;
-    if (offset < spooled_) {
-        const std::size_t want = std::min(n, spooled_ - offset);
-        while (done < want) {
-            const ssize_t r = ::pread(fd_, dest + done, want - done,
-                                      static_cast<off_t>(offset + done));
-            if (r < 0 && errno == EINTR) {
-                continue;
-            }
-            if (r <= 0) {
-                return done;  // a read error: hand out what was read
-            }
-            done += static_cast<std::size_t>(r);
+    while (done < max && offset + done < size_) {
+        const auto v = spool_.read(offset + done, max - done);
+        if (v.bytes.empty()) {
+            break;  // a read error: hand out what was read
         }
+        std::memcpy(dest + done, v.bytes.data(), v.bytes.size());
+        done += v.bytes.size();
     }
-    if (done < n) {
-        std::memcpy(dest + done, pending_.data() + (offset + done - spooled_), n - done);
-    }
-    return n;
+    return done;
 }
 
 std::string trace_buffer::slice(std::size_t offset, std::size_t max) const {
@@ -319,14 +170,15 @@ std::string trace_buffer::slice(std::size_t offset, std::size_t max) const {
     return out;
 }
 
-void trace_buffer::save_as(const std::filesystem::path& path) const {
-    if (fd_ >= 0 && !spool_failed_ && spooled_ == size_) {
-        // The whole trace is in the spool file: give it the name. AT_EMPTY_PATH needs
+void trace_buffer::save_as(const std::filesystem::path& path) {
+    if (spool_.sync_to_disk()) {
+        // The file holds the whole trace: give it the name. AT_EMPTY_PATH needs
         // CAP_DAC_READ_SEARCH; the /proc path works for anyone.
-        const std::string self = "/proc/self/fd/" + std::to_string(fd_);
-        if (::linkat(fd_, "", AT_FDCWD, path.c_str(), AT_EMPTY_PATH) == 0 ||
+        const int fd = spool_.fd();
+        const std::string self = "/proc/self/fd/" + std::to_string(fd);
+        if (::linkat(fd, "", AT_FDCWD, path.c_str(), AT_EMPTY_PATH) == 0 ||
             ::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, path.c_str(), AT_SYMLINK_FOLLOW) == 0) {
-            if (::fsync(fd_) != 0) {
+            if (::fsync(fd) != 0) {
                 const int saved = errno;
                 ::unlink(path.c_str());
                 errno = saved;
@@ -335,22 +187,28 @@ void trace_buffer::save_as(const std::filesystem::path& path) const {
             return;
         }
     }
+    // Another file system, or bytes only in memory: copy, a block at a time.
     const int out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (out < 0) {
         fail("cannot create", path);
     }
-    const std::size_t in_file = fd_ >= 0 ? spooled_ : 0;
-    bool ok = in_file == 0 || copy_range(fd_, out, in_file);
-    for (std::size_t done = 0; ok && done < pending_.size();) {
-        const ssize_t w = ::write(out, pending_.data() + done, pending_.size() - done);
-        if (w < 0 && errno == EINTR) {
-            continue;
+    bool ok = true;
+    for (std::size_t off = 0; ok && off < size_;) {
+        const auto v = spool_.read(off, spool_file::large_block);
+        ok = !v.bytes.empty();
+        for (std::size_t done = 0; ok && done < v.bytes.size();) {
+            const ssize_t w = ::write(out, v.bytes.data() + done, v.bytes.size() - done);
+            if (w < 0 && errno == EINTR) {
+                continue;
+            }
+            ok = w > 0;
+            done += ok ? static_cast<std::size_t>(w) : 0;
         }
-        ok = w > 0;
-        done += ok ? static_cast<std::size_t>(w) : 0;
+        off += v.bytes.size();
     }
+    spool_.release_read_buffer();
     if (!ok || ::fsync(out) != 0) {
-        const int saved = errno;
+        const int saved = errno != 0 ? errno : EIO;
         ::close(out);
         ::unlink(path.c_str());
         errno = saved;
@@ -372,7 +230,7 @@ std::size_t trace_buffer::memory_footprint() const {
             lanes += sizeof(lane) + l->mask.memory_footprint();
         }
     }
-    return sizeof(*this) + lanes + stamped_.capacity() + pending_.capacity();
+    return sizeof(*this) + lanes + stamped_.capacity() + spool_.memory_footprint();
 }
 
 }  // namespace kiln::trace

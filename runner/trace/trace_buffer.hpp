@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "runner/trace/masker.hpp"
+#include "runner/trace/spool_file.hpp"
 #include "runner/trace/timestamper.hpp"
 
 namespace kiln::trace {
@@ -73,6 +74,13 @@ public:
     /// Copies up to `max` final bytes from `offset` to `dest`; returns how many (fewer only at
     /// the end of the trace or when the spool file cannot be read).
     std::size_t read(std::size_t offset, char* dest, std::size_t max) const;
+    /// Up to `max` (at most 1 MiB) final bytes from `offset` without copying them where they
+    /// are still in memory; `keep` holds them for as long as the caller needs (a PATCH body).
+    spool_file::view chunk(std::size_t offset, std::size_t max) const {
+        return spool_.read(offset, max);
+    }
+    /// The buffer chunks read from disk go through, once no chunk holds it.
+    void release_read_buffer() const { spool_.release_read_buffer(); }
     /// Up to `max` final bytes from `offset`.
     std::string slice(std::size_t offset, std::size_t max) const;
     std::string contents() const { return slice(0, size_); }
@@ -81,7 +89,7 @@ public:
     /// fsync. The spool file itself gets the name when it can (same file system, O_TMPFILE):
     /// no byte is copied; otherwise the kernel copies it (copy_file_range). Throws
     /// std::system_error naming the path.
-    void save_as(const std::filesystem::path& path) const;
+    void save_as(const std::filesystem::path& path);
 
     /// "crc32:%08x" over all final bytes, as GitLab expects in output.checksum.
     std::string checksum() const;
@@ -89,7 +97,7 @@ public:
 
     /// False when no spool file could be created or written: the log is then kept in memory
     /// (still bounded by the limit).
-    bool spooled() const { return fd_ >= 0 && !spool_failed_; }
+    bool spooled() const { return spool_.ok(); }
     /// Bytes of memory this buffer holds, tables and buffers included.
     std::size_t memory_footprint() const;
 
@@ -106,7 +114,6 @@ private:
     void process(std::string_view piece);
     void commit(std::string_view bytes);
     void append(std::string_view bytes);
-    void flush_spool();
 
     std::size_t limit_;
     bool timestamps_;
@@ -116,11 +123,8 @@ private:
     std::array<std::unique_ptr<lane>, 3> lanes_;
     utf8_repair utf8_;
     std::string stamped_;  // scratch: a piece of masked output with timestamps
-    std::string pending_;  // final bytes not yet in the spool file
-    std::size_t batch_;    // pending_ is written out beyond this size
-    int fd_ = -1;
-    bool spool_failed_ = false;
-    std::size_t spooled_ = 0;  // bytes in the spool file: [0, spooled_)
+    spool_file spool_;
+    bool fast_ = false;  // the current write is large: a job writing fast
     std::size_t size_ = 0;
     std::uint32_t crc_ = 0;
     bool truncated_ = false;

@@ -34,33 +34,23 @@ void trace_streamer::note_cancel(bool graceful_requested, bool abort_requested) 
     }
 }
 
-std::string_view trace_streamer::next_chunk() {
-    const std::size_t backlog = buffer_.size() > sent_ ? buffer_.size() - sent_ : 0;
-    const std::size_t want = std::min(backlog, max_patch_bytes);
-    if (want > patch_cap_) {
-        patch_buf_.reset();  // free first: never hold two
-        patch_buf_.reset(new char[want]);  // not value-initialised: no zero fill
-        patch_cap_ = want;
-    }
-    return {patch_buf_.get(), buffer_.read(sent_, patch_buf_.get(), want)};
-}
-
 void trace_streamer::release_chunk() {
-    // Kept only while a backlog of large PATCHes is being sent; a job that writes little
-    // holds no buffer between PATCHes.
+    // The read buffer is kept only while a backlog of large PATCHes is being sent; a job that
+    // writes little holds none between PATCHes.
     if (buffer_.size() - std::min(sent_, buffer_.size()) < large_patch) {
-        patch_buf_.reset();
-        patch_cap_ = 0;
+        buffer_.release_read_buffer();
     }
 }
 
 asio::awaitable<bool> trace_streamer::send_once() {
-    const auto chunk = next_chunk();
-    if (chunk.empty()) {
+    // Lent to the request as it is: a view of the bytes still in memory or of the spool's read
+    // buffer, held until GitLab answered.
+    const auto chunk = buffer_.chunk(sent_, max_patch_bytes);
+    if (chunk.bytes.empty()) {
         co_return true;
     }
     const auto start = static_cast<std::int64_t>(sent_);
-    auto r = co_await api_.patch_trace(job_id_, job_token_, chunk, start, false);
+    auto r = co_await api_.patch_trace(job_id_, job_token_, chunk.bytes, start, false);
     release_chunk();
     if (!r.reached()) {
         log::warn("sending the job log failed: " + r.transport.message, {{"job", job_id_}});

@@ -50,8 +50,6 @@ public:
 private:
     /// One PATCH of up to max_patch_bytes from the sent offset. Returns false on failure.
     boost::asio::awaitable<bool> send_once();
-    /// The next PATCH body: up to max_patch_bytes from the sent offset, in patch_buf_.
-    std::string_view next_chunk();
     void release_chunk();
     void note_cancel(bool graceful_requested, bool abort_requested);
 
@@ -68,10 +66,6 @@ private:
     bool refused_ = false;
     remote_cancel cancel_ = remote_cancel::none;
     std::function<void(remote_cancel)> on_cancel_;
-    // One buffer for every PATCH body (sent without a copy): a fresh megabyte per PATCH cost
-    // more CPU in page faults than anything else. Released once the backlog is small again.
-    std::unique_ptr<char[]> patch_buf_;
-    std::size_t patch_cap_ = 0;
 };
 
 }  // namespace kiln::trace

@@ -137,6 +137,13 @@ class DockerTest(unittest.TestCase):
         with open(os.path.join(self.dir, "kiln.log")) as f:
             return f.read()
 
+    def exit_code(self, timeout):
+        """kiln's exit code; a kiln that does not exit fails the test with its log."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.fail(f"kiln did not exit within {timeout} s\n" + self.kiln_log())
+
     def enqueue(self, script, image=None, services=None, variables=None, after_script=None):
         overrides = {}
         if isinstance(image, dict):
@@ -152,7 +159,7 @@ class DockerTest(unittest.TestCase):
     def run_one(self, script, **kw):
         job = self.enqueue(script, **kw)
         self.start_kiln("--max-jobs", "1")
-        self.assertEqual(self.proc.wait(timeout=180), 0, self.kiln_log())
+        self.assertEqual(self.exit_code(180), 0, self.kiln_log())
         return self.gitlab.job(job["id"])
 
     def job_labels(self, job_id):
@@ -242,7 +249,7 @@ class DockerTest(unittest.TestCase):
         self.gitlab.set_job_timeout(job["id"], 3)
         started = time.monotonic()
         self.start_kiln("--max-jobs", "1")
-        self.assertEqual(self.proc.wait(timeout=60), 0, self.kiln_log())
+        self.assertEqual(self.exit_code(60), 0, self.kiln_log())
         self.assertLess(time.monotonic() - started, 30)
         state = self.gitlab.job(job["id"])
         self.assertEqual(state["state"], "failed", state["trace"])
@@ -254,7 +261,7 @@ class DockerTest(unittest.TestCase):
         self.start_kiln("--max-jobs", "1")
         self.wait_for_container(job["id"])
         self.gitlab.cancel(job["id"], "hard")
-        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+        self.assertEqual(self.exit_code(30), 0, self.kiln_log())
         state = self.gitlab.job(job["id"])
         self.assertEqual(state["state"], "canceled", state)
         self.assertNotIn("after-ran", state["trace"])
@@ -281,7 +288,7 @@ class DockerTest(unittest.TestCase):
         self.gitlab.wait_job_state(job["id"], "canceled", timeout=30)
         time.sleep(max(0.0, 5 - (time.monotonic() - canceled_at)))
         self.assertEqual(labelled("containers", self.job_labels(job["id"])), [])
-        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+        self.assertEqual(self.exit_code(30), 0, self.kiln_log())
 
     def test_restart_after_kill_9_removes_what_the_job_left(self):
         service = {"name": "local/busybox", "alias": "idle", "command": ["sleep", "300"]}
@@ -303,7 +310,7 @@ class DockerTest(unittest.TestCase):
                              message="the killed job's containers and network to be removed")
         self.assertLess(time.monotonic() - started, 30)
         self.proc.send_signal(signal.SIGTERM)
-        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
+        self.assertEqual(self.exit_code(30), 0, self.kiln_log())
         self.assertIn("removed Docker objects an earlier kiln process left behind", self.kiln_log())
 
 
