@@ -11,6 +11,9 @@ packages=(
   libtomlplusplus-dev libcli11-dev catch2
   # archives (issue 5): isa-l deflate, libarchive for reading zip/tar and writing tar.zst, zstd
   libisal-dev libarchive-dev libzstd-dev
+  # libarchive is linked statically (without its xar support, which would load libxml2 and ICU
+  # into every kiln process): the static link needs these -dev packages too
+  libacl1-dev liblz4-dev libbz2-dev liblzma-dev nettle-dev zlib1g-dev
   # tests: the GitLab emulator (Python stdlib), git http-backend, test CA generation
   python3 git openssl ca-certificates procps
   # archive tests and benchmark: independent zip/unzip, pigz and zstd to compare and verify with
