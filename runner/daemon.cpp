@@ -185,6 +185,7 @@ public:
                 runners_.push_back(std::move(slot));
             }
         }
+        forget_runner_entries();
         if (runners_.empty()) {
             log::error("no runner to run: register one with `kiln register`",
                        {{"config", options_.config_path.string()}});
@@ -484,6 +485,7 @@ private:
             ++changed;
         }
         options_.settings = std::move(next);
+        forget_runner_entries();
         ops_->set_concurrent(options_.settings.concurrent);
         std::erase_if(retired_, [](const auto& r) { return r->running == 0 && r->waiting == 0 && r->pollers == 0; });
         log::info("config reloaded",
@@ -495,6 +497,21 @@ private:
                    {"concurrent", static_cast<long long>(options_.settings.concurrent)}});
         dispatch_waiting();
         notify();
+    }
+
+    // The slots hold the runner entries; a second copy of every entry in the settings (2.6 KiB
+    // each) is not kept.
+    void forget_runner_entries() {
+        options_.settings.runners.clear();
+        options_.settings.runners.shrink_to_fit();
+    }
+
+    config::settings current_settings() const {
+        auto s = options_.settings;
+        for (const auto& r : runners_) {
+            s.runners.push_back(r->entry);
+        }
+        return s;
     }
 
     // ---- slots -------------------------------------------------------------------------------
@@ -906,7 +923,7 @@ private:
                 continue;
             }
             prune::report rep;
-            co_await prune::prune_all(io_.get_executor(), options_.settings,
+            co_await prune::prune_all(io_.get_executor(), current_settings(),
                                       options_.config_path, age, false, rep);
             for (const auto& r : rep.removed) {
                 log::info("pruned " + r);

@@ -348,12 +348,22 @@ struct http_client::impl {
     asio::awaitable<std::variant<std::unique_ptr<connection>, transport_error>> connect(
         clock::time_point deadline
     ) {
-        tcp::resolver resolver(executor);
-        auto [rec, endpoints] =
-            co_await resolver.async_resolve(origin.host, std::to_string(origin.port), use_tuple);
-        if (rec) {
-            co_return make_error(transport_error::kind::resolve,
-                                 "cannot resolve " + origin.host + ": " + rec.message());
+        // An address needs no lookup: Asio resolves on a thread of its own (with its own
+        // malloc arena), which an idle kiln talking to an IP address need not have.
+        tcp::resolver::results_type endpoints;
+        if (host_is_ip) {
+            endpoints = tcp::resolver::results_type::create(
+                tcp::endpoint(asio::ip::make_address(origin.host), origin.port), origin.host,
+                std::to_string(origin.port));
+        } else {
+            tcp::resolver resolver(executor);
+            auto [rec, found] = co_await resolver.async_resolve(
+                origin.host, std::to_string(origin.port), use_tuple);
+            if (rec) {
+                co_return make_error(transport_error::kind::resolve,
+                                     "cannot resolve " + origin.host + ": " + rec.message());
+            }
+            endpoints = std::move(found);
         }
         auto conn = std::make_unique<connection>();
         if (origin.tls) {
