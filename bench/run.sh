@@ -74,6 +74,10 @@ echo "== masking_bench (job-log masking throughput)"
 "$build/bench/masking_bench" || echo "(masking_bench failed)"
 
 echo
+echo "== trace_path_bench (CPU per MB of a job log's parts: pipe, trace buffer, TLS PATCHes)"
+"$build/bench/trace_path_bench" --mb 100 --runs 5 || echo "(trace_path_bench failed)"
+
+echo
 echo "== archive_bench (zip of a ~300 MB tree of headers and shared libraries: kiln write_zip, zip -1, pigz)"
 "$build/bench/archive_bench" --threads 2 --runs "${ARCHIVE_RUNS:-3}" || echo "(archive_bench failed)"
 
