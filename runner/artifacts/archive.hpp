@@ -116,6 +116,15 @@ struct extract_limits {
     std::uint64_t max_entries = 1'000'000;
 };
 
+/// Archive work this process has done, for kiln's metrics: bytes of file data put into archives
+/// or extracted from them, and the time that took. Thread-safe.
+enum class archive_operation { create, extract };
+struct archive_totals {
+    std::uint64_t bytes = 0;
+    double seconds = 0;
+};
+archive_totals archive_work(archive_operation op);
+
 struct extract_result {
     bool ok = false;
     std::string error;  // one line naming the entry and what to do, when !ok

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "runner/artifacts/archive.hpp"
+#include "runner/artifacts/archive_metrics.hpp"
 
 namespace kiln::artifacts {
 
@@ -266,8 +267,10 @@ private:
 
 }  // namespace
 
-extract_result extract_archive(const std::filesystem::path& archive, const std::filesystem::path& destination,
-                               const extract_limits& limits) {
+namespace {
+
+extract_result extract(const std::filesystem::path& archive, const std::filesystem::path& destination,
+                       const extract_limits& limits) {
     extract_result out;
     try {
         extractor x(archive, destination, limits);
@@ -293,6 +296,8 @@ extract_result extract_archive(const std::filesystem::path& archive, const std::
     return out;
 }
 
+}  // namespace
+
 std::string printable_name(std::string_view name) {
     std::string out;
     for (char c : name) {
@@ -306,6 +311,13 @@ std::string printable_name(std::string_view name) {
         }
     }
     return out;
+}
+
+extract_result extract_archive(const std::filesystem::path& archive, const std::filesystem::path& destination,
+                               const extract_limits& limits) {
+    return detail::counted(
+        archive_operation::extract, [&] { return extract(archive, destination, limits); },
+        [](const extract_result& r) { return r.ok ? r.bytes : 0; });
 }
 
 }  // namespace kiln::artifacts

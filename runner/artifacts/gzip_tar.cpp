@@ -16,6 +16,7 @@
 #include <system_error>
 
 #include "runner/artifacts/archive.hpp"
+#include "runner/artifacts/archive_metrics.hpp"
 #include "runner/artifacts/deflate.hpp"
 #include "runner/artifacts/utf8_locale.hpp"
 #include "runner/artifacts/zip_format.hpp"
@@ -87,8 +88,10 @@ int zstd_level(compression_level level) {
 
 }  // namespace
 
-archive_stats write_gzip(const std::filesystem::path& source, const std::filesystem::path& out,
-                         compression_level level, std::string_view relative_name) {
+namespace {
+
+archive_stats gzip_file(const std::filesystem::path& source, const std::filesystem::path& out,
+                        compression_level level, std::string_view relative_name) {
     fd_holder in{::open(source.c_str(), O_RDONLY | O_CLOEXEC)};
     if (in.fd < 0) throw_errno("cannot open", source);
     struct stat st {};
@@ -150,6 +153,15 @@ archive_stats write_gzip(const std::filesystem::path& source, const std::filesys
     return stats;
 }
 
+}  // namespace
+
+archive_stats write_gzip(const std::filesystem::path& source, const std::filesystem::path& out,
+                         compression_level level, std::string_view relative_name) {
+    return detail::counted(
+        archive_operation::create, [&] { return gzip_file(source, out, level, relative_name); },
+        [](const archive_stats& s) { return s.uncompressed_bytes; });
+}
+
 namespace {
 
 struct write_deleter {
@@ -166,8 +178,10 @@ struct entry_deleter {
 
 }  // namespace
 
-archive_stats write_tar_zstd(const std::vector<archive_entry>& entries, const std::filesystem::path& out,
-                             compression_level level) {
+namespace {
+
+archive_stats tar_zstd(const std::vector<archive_entry>& entries, const std::filesystem::path& out,
+                       compression_level level) {
     archive_stats stats;
     detail::utf8_locale utf8;
     try {
@@ -232,6 +246,15 @@ archive_stats write_tar_zstd(const std::vector<archive_entry>& entries, const st
         throw;
     }
     return stats;
+}
+
+}  // namespace
+
+archive_stats write_tar_zstd(const std::vector<archive_entry>& entries, const std::filesystem::path& out,
+                             compression_level level) {
+    return detail::counted(
+        archive_operation::create, [&] { return tar_zstd(entries, out, level); },
+        [](const archive_stats& s) { return s.uncompressed_bytes; });
 }
 
 }  // namespace kiln::artifacts

@@ -29,6 +29,7 @@
 #include <thread>
 
 #include "runner/artifacts/archive.hpp"
+#include "runner/artifacts/archive_metrics.hpp"
 #include "runner/artifacts/deflate.hpp"
 #include "runner/artifacts/zip_format.hpp"
 
@@ -548,6 +549,8 @@ archive_stats write_zip_to_path(Next next, const std::filesystem::path& out, con
     }
 }
 
+std::uint64_t uncompressed(const archive_stats& s) { return s.uncompressed_bytes; }
+
 struct from_function {
     const std::function<bool(archive_entry&)>* next;
     archive_entry entry;
@@ -558,19 +561,31 @@ struct from_function {
 
 archive_stats write_zip(const std::vector<archive_entry>& entries, const std::filesystem::path& out,
                         const zip_options& options) {
-    auto it = entries.begin();
-    return write_zip_to_path([&]() -> const archive_entry* { return it == entries.end() ? nullptr : &*it++; }, out,
-                             options);
+    return detail::counted(
+        archive_operation::create,
+        [&] {
+            auto it = entries.begin();
+            return write_zip_to_path(
+                [&]() -> const archive_entry* { return it == entries.end() ? nullptr : &*it++; }, out, options);
+        },
+        uncompressed);
 }
 
 archive_stats write_zip(const std::function<bool(archive_entry&)>& next, const std::filesystem::path& out,
                         const zip_options& options) {
-    return write_zip_to_path(from_function{&next, {}}, out, options);
+    return detail::counted(
+        archive_operation::create, [&] { return write_zip_to_path(from_function{&next, {}}, out, options); },
+        uncompressed);
 }
 
 archive_stats write_zip(const std::function<bool(archive_entry&)>& next, int out_fd, const zip_options& options) {
-    zip_writer w(out_fd, options);
-    return w.run(from_function{&next, {}});
+    return detail::counted(
+        archive_operation::create,
+        [&] {
+            zip_writer w(out_fd, options);
+            return w.run(from_function{&next, {}});
+        },
+        uncompressed);
 }
 
 }  // namespace kiln::artifacts

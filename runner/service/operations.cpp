@@ -6,7 +6,9 @@
 #include <cstdio>
 
 #include "executors/docker/docker_executor.hpp"
+#include "runner/artifacts/archive.hpp"
 #include "runner/gitlab/runner_info.hpp"
+#include "runner/trace/trace_buffer.hpp"
 #include "runner/util/logging.hpp"
 #include "runner/version.hpp"
 
@@ -159,7 +161,20 @@ operations::operations(asio::any_io_executor ex, std::string system_id)
                                      {"runner", "runner_name"})),
       jobs_finished_(registry_.counter("kiln_jobs_finished_total",
                                        "Jobs finished, by final state sent to GitLab",
-                                       {"runner", "runner_name", "state"})) {
+                                       {"runner", "runner_name", "state"})),
+      masking_bytes_(registry_.counter("kiln_trace_masking_bytes_total",
+                                       "Job output taken through masking (and UTF-8 repair, "
+                                       "CRC32, the spool); divide its rate by "
+                                       "kiln_trace_masking_seconds_total's for the throughput")),
+      masking_seconds_(registry_.counter("kiln_trace_masking_seconds_total",
+                                         "Time spent masking job output")),
+      archive_bytes_(registry_.counter("kiln_archive_bytes_total",
+                                       "File bytes put into artifact and cache archives "
+                                       "(create) or taken out of them (extract)",
+                                       {"operation"})),
+      archive_seconds_(registry_.counter("kiln_archive_seconds_total",
+                                         "Time spent creating and extracting archives",
+                                         {"operation"})) {
     version_info_.set({"kiln", version_string(), revision_string(),
                        std::string(gitlab::build_platform()),
                        std::string(gitlab::build_architecture())}, 1);
@@ -326,6 +341,15 @@ std::string operations::render_metrics() {
     errors_.set({"warning"}, static_cast<double>(log::written(log::level::warn)));
     errors_.set({"error"}, static_cast<double>(log::written(log::level::error)));
     oom_kills_.set({}, static_cast<double>(executors::docker::oom_kills_total()));
+    const auto masking = trace::masking_work();
+    masking_bytes_.set({}, static_cast<double>(masking.bytes));
+    masking_seconds_.set({}, static_cast<double>(masking.nanoseconds) / 1e9);
+    for (auto [op, name] : {std::pair{artifacts::archive_operation::create, "create"},
+                            std::pair{artifacts::archive_operation::extract, "extract"}}) {
+        const auto work = artifacts::archive_work(op);
+        archive_bytes_.set({name}, static_cast<double>(work.bytes));
+        archive_seconds_.set({name}, work.seconds);
+    }
     return registry_.render();
 }
 

@@ -121,6 +121,10 @@ private:
     metrics::family& oom_kills_;
     metrics::family& trace_bytes_;
     metrics::family& jobs_finished_;
+    metrics::family& masking_bytes_;
+    metrics::family& masking_seconds_;
+    metrics::family& archive_bytes_;
+    metrics::family& archive_seconds_;
 };
 
 }  // namespace kiln::service

@@ -18,6 +18,8 @@ namespace {
 // spool then fills large blocks.
 constexpr std::size_t fast_write = 32 * 1024;
 
+masking_totals totals;
+
 [[noreturn]] void fail(const char* what, const std::filesystem::path& p) {
     throw std::system_error(errno, std::generic_category(), std::string(what) + " " + p.string());
 }
@@ -57,11 +59,14 @@ trace_buffer::lane& trace_buffer::lane_for(source from) {
     return *lanes_[i];
 }
 
+masking_totals masking_work() { return totals; }
+
 void trace_buffer::write(source from, std::string_view data) {
     fast_ = data.size() >= fast_write;
     if (truncated_) {
         return;
     }
+    const auto start = std::chrono::steady_clock::now();
     auto& l = lane_for(from);
     // The masker passes its output on in pieces, straight through UTF-8 repair to the spool
     // batch: unchanged bytes are copied once, into the batch.
@@ -71,6 +76,10 @@ void trace_buffer::write(source from, std::string_view data) {
         // come in between.
         l.mask.flush([this, &l](std::string_view s) { feed(l, s); });
     }
+    totals.bytes += data.size();
+    totals.nanoseconds += static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+            .count());
 }
 
 void trace_buffer::feed(lane& l, std::string_view masked) {

@@ -42,6 +42,14 @@ struct trace_options {
     timestamper::clock_fn clock = &std::chrono::system_clock::now;
 };
 
+/// Job output this process has taken through trace buffers (masking, UTF-8 repair, CRC32, into
+/// the spool), and the time that took: kiln's masking throughput metric. I/O thread only.
+struct masking_totals {
+    std::uint64_t bytes = 0;
+    std::uint64_t nanoseconds = 0;
+};
+masking_totals masking_work();
+
 class trace_buffer {
 public:
     /// `secrets`: values of masked variables (trimmed, empty ones dropped, see masker).

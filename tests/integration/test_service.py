@@ -215,7 +215,10 @@ class MetricsTest(KilnServiceBase):
                            ("gitlab_runner_version_info", "gauge"),
                            ("gitlab_runner_job_duration_seconds", "histogram"),
                            ("gitlab_runner_failed_jobs", "counter"),
-                           ("kiln_oom_kills", "counter"), ("kiln_trace_bytes", "counter")]:
+                           ("kiln_oom_kills", "counter"), ("kiln_trace_bytes", "counter"),
+                           ("kiln_trace_masking_bytes", "counter"),
+                           ("kiln_trace_masking_seconds", "counter"),
+                           ("kiln_archive_bytes", "counter"), ("kiln_archive_seconds", "counter")]:
             self.assertIn((name, kind), families)
         self.assertEqual(value(samples, "gitlab_runner_jobs_total"), 3)
         self.assertEqual(value(samples, "gitlab_runner_jobs_total", runner_name="metrics-runner"), 3)
@@ -227,6 +230,13 @@ class MetricsTest(KilnServiceBase):
         self.assertEqual(value(samples, "gitlab_runner_jobs"), 0)
         self.assertEqual(value(samples, "gitlab_runner_concurrent"), 2)
         self.assertGreater(value(samples, "kiln_trace_bytes_total"), 100)
+        # Masking throughput = rate(bytes) / rate(seconds): every byte of the three logs went
+        # through it (each log is at least its trace, less what masking shortened).
+        self.assertGreater(value(samples, "kiln_trace_masking_bytes_total"), 100)
+        self.assertGreater(value(samples, "kiln_trace_masking_seconds_total"), 0)
+        # No job here made or took an archive; both series are there, at zero.
+        for op in ("create", "extract"):
+            self.assertEqual(value(samples, "kiln_archive_bytes_total", operation=op), 0)
         self.assertEqual(value(samples, "gitlab_runner_api_request_statuses_total",
                                endpoint="request_job", status=201, method="POST"), 3)
         self.assertGreaterEqual(value(samples, "gitlab_runner_api_request_statuses_total",

@@ -145,6 +145,30 @@ TEST_CASE("write_zip output round-trips through extract_archive with modes, link
     CHECK(st.st_mtime == 1600000000);
 }
 
+TEST_CASE("archive work is counted for the metrics: file bytes in and out, and time", "[artifacts]") {
+    sample_tree t;
+    std::uint64_t file_bytes = 0;
+    for (auto& [name, content] : t.files) file_bytes += content.size();
+    const auto created = archive_work(archive_operation::create);
+    const auto extracted = archive_work(archive_operation::extract);
+    fs::path zip = t.dir.path / "out.zip";
+    auto st = write_zip(t.entries, zip, zip_options{});
+    fs::path dest = t.dir.path / "dest";
+    fs::create_directories(dest);
+    REQUIRE(extract_archive(zip, dest, extract_limits{}).ok);
+    const auto created_after = archive_work(archive_operation::create);
+    const auto extracted_after = archive_work(archive_operation::extract);
+    CHECK(created_after.bytes - created.bytes == st.uncompressed_bytes);
+    CHECK(created_after.seconds > created.seconds);
+    CHECK(extracted_after.bytes - extracted.bytes == file_bytes);
+    CHECK(extracted_after.seconds > extracted.seconds);
+    // A refused archive counts nothing.
+    fs::path junk = t.dir.path / "junk.zip";
+    write_file(junk, "not an archive");
+    CHECK_FALSE(extract_archive(junk, dest, extract_limits{}).ok);
+    CHECK(archive_work(archive_operation::extract).bytes == extracted_after.bytes);
+}
+
 TEST_CASE("write_zip hashes every file and appends the trailer's files", "[artifacts]") {
     sample_tree t;
     fs::path zip = t.dir.path / "signed.zip";
