@@ -141,7 +141,7 @@ asio::awaitable<void> run_stage(const std::string& stage, const options& o,
     }
     if (stage == "full") {
         while (sent < buffer.size()) {
-            const auto chunk = buffer.chunk(sent, 1024 * 1024);
+            const auto chunk = co_await buffer.chunk(sent, 1024 * 1024);
             if (chunk.bytes.empty() || !co_await patch(client, chunk.bytes, sent, result.error)) {
                 if (result.error.empty()) {
                     result.error = "cannot read the trace back";

@@ -11,6 +11,9 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <utility>
+
+#include "runner/util/blocking.hpp"
 
 namespace kiln::trace {
 
@@ -22,13 +25,16 @@ enum block_state : int { filling, writing, written, failed };
 // a fast job holds at most three blocks.
 constexpr std::size_t max_in_flight = 2;
 constexpr std::size_t page = 4096;
+// Offsets, sizes and buffer addresses of direct I/O: the logical block size of any disk.
+constexpr std::size_t direct_alignment = 4096;
+constexpr std::size_t read_buffer_bytes = spool_file::large_block + 2 * direct_alignment;
 
-std::size_t resident(std::size_t bytes) { return (bytes + page - 1) / page * page; }
+std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
 std::shared_ptr<char> new_buffer(std::size_t bytes) {
-    // Not value-initialised: pages are touched as bytes are written, so a quiet job's block
-    // costs what it holds.
-    return std::shared_ptr<char>(new char[bytes], std::default_delete<char[]>());
+    // Aligned for direct I/O and not initialised: pages are touched as bytes are written, so a
+    // quiet job's block costs what it holds.
+    return {static_cast<char*>(std::aligned_alloc(direct_alignment, bytes)), std::free};
 }
 
 std::string temp_directory() {
@@ -38,18 +44,33 @@ std::string temp_directory() {
 
 // No name from the start (O_TMPFILE) or it is removed at once, so the file goes away with the
 // descriptor even if kiln is killed.
-int open_anonymous(const std::string& dir) {
+int open_anonymous(const std::string& dir, bool direct) {
+    const int extra = direct ? O_DIRECT : 0;
 #ifdef O_TMPFILE
-    if (int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600); fd >= 0) {
+    if (int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC | extra, 0600); fd >= 0) {
         return fd;
     }
 #endif
     std::string path = dir + "/kiln-trace-XXXXXX";
     const int fd = ::mkostemp(path.data(), O_CLOEXEC);
-    if (fd >= 0) {
-        ::unlink(path.c_str());
+    if (fd < 0) {
+        return -1;
+    }
+    ::unlink(path.c_str());
+    if (direct && ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_DIRECT) != 0) {
+        ::close(fd);
+        return -1;
     }
     return fd;
+}
+
+// Some file systems accept O_DIRECT at open and refuse the writes, or want another alignment.
+bool direct_writes_work(int fd) {
+    auto probe = new_buffer(direct_alignment);
+    std::memset(probe.get(), 0, direct_alignment);
+    return ::pwrite(fd, probe.get(), direct_alignment, 0) ==
+               static_cast<ssize_t>(direct_alignment) &&
+           ::ftruncate(fd, 0) == 0;
 }
 
 bool pwrite_all(int fd, const char* p, std::size_t n, std::size_t offset, int& error) {
@@ -88,11 +109,11 @@ std::size_t pread_all(int fd, char* p, std::size_t n, std::size_t offset) {
 }  // namespace
 
 struct spool_file::block {
-    std::shared_ptr<char> buffer;  // large_block bytes
-    std::size_t start = 0;         // file offset of buffer[0]
+    std::shared_ptr<char> buffer;  // large_block bytes, aligned
+    std::size_t start = 0;         // file offset of buffer[0]: aligned
     std::size_t used = 0;
-    std::size_t limit = 0;
-    std::size_t touched = 0;  // resident bytes of the buffer, from every block it served
+    std::size_t limit = 0;         // aligned
+    std::size_t touched = 0;       // resident bytes of the buffer, from every block it served
     std::atomic<int> state{filling};
     int error = 0;
 
@@ -141,7 +162,7 @@ private:
             {
                 std::unique_lock lock(mutex_);
                 work_.wait(lock, [&] { return !queue_.empty(); });
-                t = std::move(queue_.front());
+                t = queue_.front();
                 queue_.pop_front();
             }
             int error = 0;
@@ -164,12 +185,53 @@ private:
 
 }  // namespace
 
-spool_file::spool_file(const std::string& dir) {
+struct spool_file::read_plan {
+    bool done = false;
+    view ready;  // when done: the answer
+    std::size_t n = 0;
+    std::shared_ptr<char> buffer;
+    int fd = -1;
+    std::size_t disk_start = 0;  // aligned file offset read into buffer[0]
+    std::size_t disk_want = 0;   // bytes read from there (aligned)
+    std::size_t lead = 0;        // the range starts at buffer[lead]
+    std::size_t disk_len = 0;    // ... and its first disk_len bytes come from the file
+    struct piece {
+        std::shared_ptr<block> from;  // pinned: not reused while this read needs it
+        std::size_t at;
+        std::size_t len;
+    };
+    std::vector<piece> rest;  // the following bytes, from blocks in memory
+
+    view finish(std::size_t got_from_disk) const {
+        if (got_from_disk < lead + disk_len) {
+            return {std::string_view(buffer.get() + lead,
+                                     got_from_disk > lead ? got_from_disk - lead : 0),
+                    buffer};
+        }
+        std::size_t got = disk_len;
+        for (const auto& p : rest) {
+            std::memcpy(buffer.get() + lead + got, p.from->data() + p.at, p.len);
+            got += p.len;
+        }
+        return {std::string_view(buffer.get() + lead, got), buffer};
+    }
+};
+
+spool_file::spool_file(const std::string& dir, bool try_direct) {
     for (const auto& d : {dir, temp_directory()}) {
-        if (!d.empty()) {
-            if (fd_ = open_anonymous(d); fd_ >= 0) {
+        if (d.empty()) {
+            continue;
+        }
+        if (int fd = try_direct ? open_anonymous(d, true) : -1; fd >= 0) {
+            if (direct_writes_work(fd)) {
+                fd_ = fd;
+                align_ = direct_alignment;
                 return;
             }
+            ::close(fd);
+        }
+        if (fd_ = open_anonymous(d, false); fd_ >= 0) {
+            return;
         }
     }
 }
@@ -204,7 +266,7 @@ void spool_file::reap() const {
         disk_end_ = f->end();
         // Kept only while its resident pages suit the output's pace: after a burst, a
         // megabyte of pages is not kept for a quiet job.
-        const std::size_t touched = std::max(f->touched, resident(f->used));
+        const std::size_t touched = std::max(f->touched, round_up(f->used, page));
         const std::size_t keep = was_fast_ ? max_in_flight + 1 : 1;
         if (f.use_count() == 1 && spares_.size() < keep && (was_fast_ || touched <= small_block)) {
             spares_.push_back({std::move(f->buffer), touched});
@@ -238,7 +300,7 @@ spool_file::block& spool_file::writable(bool fast) {
     } else {
         b->buffer = new_buffer(large_block);
     }
-    b->start = size_;
+    b->start = size_;  // aligned: every block before was submitted whole
     b->limit = fast ? large_block : small_block;
     blocks_.push_back(std::move(b));
     return *blocks_.back();
@@ -269,13 +331,25 @@ void spool_file::submit_back() {
 void spool_file::append(std::string_view bytes, bool fast) {
     if (was_fast_ && !fast) {
         // The burst is over: write what the large block holds now rather than when a quiet
-        // job fills it, and give back the buffers whose pages the burst touched.
+        // job fills it (its aligned part; the rest moves to a small block), and give back the
+        // buffers whose pages the burst touched.
         was_fast_ = false;
         spares_.clear();
         reap();
-        if (!blocks_.empty() && blocks_.back()->used > 0 &&
-            blocks_.back()->state.load(std::memory_order_relaxed) == filling) {
-            submit_back();
+        if (!blocks_.empty() && fd_ >= 0 && !failed_ && !synced_) {
+            auto& back = *blocks_.back();
+            const std::size_t whole = back.used / align_ * align_;
+            if (back.state.load(std::memory_order_relaxed) == filling && whole > 0) {
+                auto next = std::make_shared<block>();
+                next->buffer = new_buffer(large_block);
+                next->start = back.start + whole;
+                next->used = back.used - whole;
+                next->limit = small_block;
+                std::memcpy(next->data(), back.data() + whole, next->used);
+                back.used = whole;
+                submit_back();
+                blocks_.push_back(std::move(next));
+            }
         }
     }
     was_fast_ = fast;
@@ -292,48 +366,82 @@ void spool_file::append(std::string_view bytes, bool fast) {
     }
 }
 
-spool_file::view spool_file::read(std::size_t offset, std::size_t max) const {
+spool_file::read_plan spool_file::plan_read(std::size_t offset, std::size_t max) const {
+    read_plan p;
     if (offset >= size_ || max == 0) {
-        return {};
+        p.done = true;
+        return p;
     }
     reap();
-    const std::size_t n = std::min({max, size_ - offset, large_block});
+    p.n = std::min({max, size_ - offset, large_block});
     if (offset >= disk_end_) {
         for (const auto& b : blocks_) {
             if (offset < b->end()) {
-                if (offset + n <= b->end()) {
-                    return {std::string_view(b->data() + (offset - b->start), n),
-                            std::shared_ptr<const void>(b, b.get())};
+                if (offset + p.n <= b->end()) {
+                    p.done = true;
+                    p.ready = {std::string_view(b->data() + (offset - b->start), p.n),
+                               std::shared_ptr<const void>(b, b.get())};
+                    return p;
                 }
-                break;  // spans blocks: gathered below
+                break;  // spans blocks: gathered in the read buffer
             }
         }
     }
     if (!read_buffer_ || read_buffer_.use_count() > 1) {
-        read_buffer_ = new_buffer(large_block);  // the old one is still lent out
+        read_buffer_ = new_buffer(read_buffer_bytes);  // the old one is still lent out
     }
-    char* out = read_buffer_.get();
-    std::size_t got = 0;
+    p.buffer = read_buffer_;
+    p.fd = fd_;
     if (offset < disk_end_) {
-        const std::size_t from_disk = std::min(offset + n, disk_end_) - offset;
-        got = pread_all(fd_, out, from_disk, offset);
-        if (got < from_disk) {
-            return {std::string_view(out, got), read_buffer_};
-        }
+        p.disk_len = std::min(offset + p.n, disk_end_) - offset;
+        p.disk_start = offset / align_ * align_;
+        p.lead = offset - p.disk_start;
+        p.disk_want = round_up(p.lead + p.disk_len, align_);
     }
+    std::size_t at = offset + p.disk_len;
     for (const auto& b : blocks_) {
-        const std::size_t at = offset + got;
-        if (got == n) {
+        if (at >= offset + p.n) {
             break;
         }
         if (at < b->start || at >= b->end()) {
             continue;
         }
-        const std::size_t k = std::min(n - got, b->end() - at);
-        std::memcpy(out + got, b->data() + (at - b->start), k);
-        got += k;
+        const std::size_t len = std::min(offset + p.n - at, b->end() - at);
+        p.rest.push_back({b, at - b->start, len});
+        at += len;
     }
-    return {std::string_view(out, got), read_buffer_};
+    return p;
+}
+
+spool_file::view spool_file::read(std::size_t offset, std::size_t max) const {
+    auto p = plan_read(offset, max);
+    if (p.done) {
+        return p.ready;
+    }
+    const std::size_t got = p.disk_want > 0 ? pread_all(p.fd, p.buffer.get(), p.disk_want,
+                                                        p.disk_start)
+                                            : 0;
+    return p.finish(got);
+}
+
+boost::asio::awaitable<spool_file::view> spool_file::read_async(std::size_t offset,
+                                                                std::size_t max) const {
+    auto p = plan_read(offset, max);
+    if (p.done) {
+        co_return p.ready;
+    }
+    std::size_t got = 0;
+    if (p.disk_want > 0) {
+        // A disk read may wait on the device: not on the I/O thread. The plan owns the buffer
+        // and pins the blocks it copies from afterwards.
+        // A named local: GCC 12 destroys a temporary inside a co_await expression twice
+        // (util/blocking.hpp), which released the buffer's reference twice.
+        auto read = [fd = p.fd, buffer = p.buffer, want = p.disk_want, start = p.disk_start] {
+            return pread_all(fd, buffer.get(), want, start);
+        };
+        got = co_await util::run_blocking(std::move(read));
+    }
+    co_return p.finish(got);
 }
 
 void spool_file::release_read_buffer() const { read_buffer_.reset(); }
@@ -351,16 +459,24 @@ bool spool_file::sync_to_disk() {
     if (failed_) {
         return false;
     }
-    if (!blocks_.empty()) {  // only the block being filled is left
+    if (!blocks_.empty()) {
+        // Only the block being filled is left. Direct I/O writes whole aligned blocks: the
+        // padding is cut off again below.
         auto& b = *blocks_.back();
+        const std::size_t padded = round_up(b.used, align_);
+        std::memset(b.data() + b.used, 0, padded - b.used);
         int error = 0;
-        if (!pwrite_all(fd_, b.data(), b.used, b.start, error)) {
+        if (!pwrite_all(fd_, b.data(), padded, b.start, error)) {
             failed_ = true;
             errno = error;
             return false;
         }
         disk_end_ = b.end();
         blocks_.clear();
+    }
+    if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
+        failed_ = true;
+        return false;
     }
     synced_ = true;
     return disk_end_ == size_;
@@ -370,12 +486,12 @@ std::size_t spool_file::memory_footprint() const {
     reap();
     std::size_t n = sizeof(*this);
     for (const auto& b : blocks_) {
-        n += sizeof(block) + std::max(b->touched, resident(b->used));
+        n += sizeof(block) + std::max(b->touched, round_up(b->used, page));
     }
     for (const auto& s : spares_) {
         n += s.touched;
     }
-    n += read_buffer_ ? large_block : 0;
+    n += read_buffer_ ? read_buffer_bytes : 0;
     return n;
 }
 

@@ -37,7 +37,7 @@ masker_options masking(std::vector<std::string> secrets, const trace_options& o)
 trace_buffer::trace_buffer(std::size_t limit_bytes, std::vector<std::string> secrets,
                            trace_options options)
     : limit_(limit_bytes), timestamps_(options.timestamps), clock_(options.clock),
-      masking_(masking(std::move(secrets), options)), spool_(options.spool_dir) {
+      masking_(masking(std::move(secrets), options)), spool_(options.spool_dir, options.direct_io) {
     lane_for(source::runner);
     if (!timestamps_) {
         masking_ = {};  // no other lane will be started

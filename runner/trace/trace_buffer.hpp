@@ -33,6 +33,8 @@ struct trace_options {
     /// Where the spool file is created (kiln's spool directory, so save_as can name it without
     /// a copy); empty or unusable: $TMPDIR, else /tmp.
     std::string spool_dir;
+    /// The spool file is written with O_DIRECT where the file system takes it (spool_file).
+    bool direct_io = true;
     /// FF_TIMESTAMPS: each line gets gitlab-runner's prefix (time, stream id, O/E, '+' for a
     /// continued line; protocol.md §6.4 item 4), and each source is masked and cut into lines on
     /// its own, as gitlab-runner's per-stream log writers do. Off: every source goes through one
@@ -84,8 +86,9 @@ public:
     std::size_t read(std::size_t offset, char* dest, std::size_t max) const;
     /// Up to `max` (at most 1 MiB) final bytes from `offset` without copying them where they
     /// are still in memory; `keep` holds them for as long as the caller needs (a PATCH body).
-    spool_file::view chunk(std::size_t offset, std::size_t max) const {
-        return spool_.read(offset, max);
+    /// Bytes already on disk are read on the blocking pool.
+    boost::asio::awaitable<spool_file::view> chunk(std::size_t offset, std::size_t max) const {
+        return spool_.read_async(offset, max);
     }
     /// The buffer chunks read from disk go through, once no chunk holds it.
     void release_read_buffer() const { spool_.release_read_buffer(); }
@@ -106,6 +109,8 @@ public:
     /// False when no spool file could be created or written: the log is then kept in memory
     /// (still bounded by the limit).
     bool spooled() const { return spool_.ok(); }
+    /// The spool file is written with O_DIRECT.
+    bool spooled_direct() const { return spool_.direct(); }
     /// Bytes of memory this buffer holds, tables and buffers included.
     std::size_t memory_footprint() const;
 

@@ -45,7 +45,7 @@ void trace_streamer::release_chunk() {
 asio::awaitable<bool> trace_streamer::send_once() {
     // Lent to the request as it is: a view of the bytes still in memory or of the spool's read
     // buffer, held until GitLab answered.
-    const auto chunk = buffer_.chunk(sent_, max_patch_bytes);
+    const auto chunk = co_await buffer_.chunk(sent_, max_patch_bytes);
     if (chunk.bytes.empty()) {
         co_return true;
     }

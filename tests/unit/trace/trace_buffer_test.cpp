@@ -19,6 +19,7 @@
 #include <string>
 
 #include "runner/trace/trace_buffer.hpp"
+#include "tests/support/run_coroutine_test.hpp"
 
 using kiln::trace::trace_buffer;
 
@@ -184,6 +185,56 @@ TEST_CASE("checksum and slices cover exactly the final bytes", "[trace]") {
     CHECK(b.slice(expected.size() - 2, 10) == expected.substr(expected.size() - 2));
 }
 
+TEST_CASE("chunks for PATCHes come from disk and memory alike, at any offset", "[trace]") {
+    // Fast and slow output mixed, so the log is in large and small blocks, some written and
+    // some not; chunks are read as trace_streamer reads them (on an io_context, the disk part
+    // on the blocking pool), at offsets that are not block- or page-aligned.
+    const bool direct = GENERATE(true, false);
+    INFO("direct I/O " << direct);
+    kiln::trace::trace_options options;
+    options.direct_io = direct;
+    trace_buffer b(64 << 20, {}, options);
+    REQUIRE(b.spooled());
+    std::mt19937 rng(11);
+    std::string expected;
+    for (int round = 0; round < 6; ++round) {
+        std::string burst;
+        while (burst.size() < 700 * 1024 + 333 * static_cast<std::size_t>(round)) {
+            burst += "burst " + std::to_string(round) + " line " + std::to_string(rng()) + "\n";
+        }
+        for (std::size_t i = 0; i < burst.size(); i += 48 * 1024) {
+            b.write(std::string_view(burst).substr(i, 48 * 1024));
+        }
+        expected += burst;
+        for (int i = 0; i < 500; ++i) {
+            const auto line = "quiet " + std::to_string(round) + "." + std::to_string(i) + "\n";
+            b.write(line);
+            expected += line;
+        }
+    }
+    std::string streamed;
+    kiln::test::run_coroutine_test(
+        [&]() -> boost::asio::awaitable<void> {
+            while (streamed.size() < b.size()) {
+                const auto c = co_await b.chunk(streamed.size(), 1 + rng() % (1 << 20));
+                REQUIRE_FALSE(c.bytes.empty());
+                streamed.append(c.bytes);
+            }
+        },
+        std::chrono::seconds(60));
+    CHECK(streamed == expected);
+    b.close();
+    kiln::test::run_coroutine_test(
+        [&]() -> boost::asio::awaitable<void> {
+            for (std::size_t off : {std::size_t{0}, std::size_t{4095}, std::size_t{1 << 20},
+                                    expected.size() - 10}) {
+                const auto c = co_await b.chunk(off, 5000);
+                CHECK(c.bytes == std::string_view(expected).substr(off, 5000));
+            }
+        },
+        std::chrono::seconds(60));
+}
+
 TEST_CASE("slices read back across the spool file and the unwritten tail", "[trace]") {
     // Enough output that part is in the file and part still in memory, read in odd slices
     // while writing, as trace_streamer does.
@@ -228,8 +279,16 @@ TEST_CASE("the log is spooled to an unlinked file: 50 MB of output, memory stays
     }
     REQUIRE(masked_chunk.find("SECRET=[MASKED] glpat-[MASKED]\n") != std::string::npos);
 
-    trace_buffer b(1u << 30, {"hunter2-hunter2"});
+    // With O_DIRECT (where /tmp takes it) and through the page cache.
+    const bool direct = GENERATE(true, false);
+    INFO("direct I/O " << direct);
+    kiln::trace::trace_options options;
+    options.direct_io = direct;
+    trace_buffer b(1u << 30, {"hunter2-hunter2"}, options);
     REQUIRE(b.spooled());
+    if (!direct) {
+        CHECK_FALSE(b.spooled_direct());
+    }
     const long rss_before = vm_rss_kib();
     std::size_t written = 0;
     std::size_t max_footprint = 0;
@@ -270,7 +329,11 @@ TEST_CASE("the log is spooled to an unlinked file: 50 MB of output, memory stays
 }
 
 TEST_CASE("a quiet job's log costs small blocks, and a burst's memory is given back", "[trace]") {
-    trace_buffer b(1u << 30, {});
+    const bool direct = GENERATE(true, false);
+    INFO("direct I/O " << direct);
+    kiln::trace::trace_options options;
+    options.direct_io = direct;
+    trace_buffer b(1u << 30, {}, options);
     REQUIRE(b.spooled());
     std::string expected;
     std::size_t max_footprint = 0;
@@ -397,9 +460,12 @@ TEST_CASE("without any usable directory the log stays in memory and still works"
 }
 
 TEST_CASE("save_as names the spool file itself when it is on the same file system", "[trace]") {
+    const bool direct = GENERATE(true, false);
+    INFO("direct I/O " << direct);
     temp_dir spool;
     kiln::trace::trace_options o;
     o.spool_dir = spool.path;
+    o.direct_io = direct;
     trace_buffer b(1 << 24, {"abcdefgh"}, o);
     REQUIRE(b.spooled());
     std::string expected;
