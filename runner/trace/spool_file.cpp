@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -28,6 +29,9 @@ constexpr std::size_t page = 4096;
 // Offsets, sizes and buffer addresses of direct I/O: the logical block size of any disk.
 constexpr std::size_t direct_alignment = 4096;
 constexpr std::size_t read_buffer_bytes = spool_file::large_block + 2 * direct_alignment;
+// How long a full spool waits for the writer thread before writing a block through the page
+// cache: long enough for a thread to get a CPU, short next to a slow disk.
+constexpr auto direct_patience = std::chrono::milliseconds(5);
 
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
@@ -148,6 +152,13 @@ public:
         done_.wait(lock, [&] { return b.state.load(std::memory_order_acquire) != writing; });
     }
 
+    /// False when `b` is still being written after `timeout`.
+    bool wait_for(const spool_file::block& b, std::chrono::microseconds timeout) {
+        std::unique_lock lock(mutex_);
+        return done_.wait_for(lock, timeout,
+                              [&] { return b.state.load(std::memory_order_acquire) != writing; });
+    }
+
 private:
     struct task {
         int fd = -1;
@@ -242,9 +253,20 @@ spool_file::~spool_file() {
             block_writer::get().wait(*b);
         }
     }
-    if (fd_ >= 0) {
-        ::close(fd_);
+    for (int fd : {fd_, buffered_fd_}) {
+        if (fd >= 0) {
+            ::close(fd);
+        }
     }
+}
+
+int spool_file::buffered_fd() {
+    if (buffered_fd_ < 0) {
+        // The same file opened again, without O_DIRECT.
+        const std::string self = "/proc/self/fd/" + std::to_string(fd_);
+        buffered_fd_ = ::open(self.c_str(), O_RDWR | O_CLOEXEC);
+    }
+    return buffered_fd_;
 }
 
 bool spool_file::ok() const {
@@ -314,16 +336,40 @@ void spool_file::submit_back() {
     for (const auto& b : blocks_) {
         in_flight += b->state.load(std::memory_order_acquire) == writing ? 1 : 0;
     }
+    auto& b = blocks_.back();
+    b->limit = b->used;  // nothing more goes into it
+    if (in_flight >= max_in_flight && align_ > 1) {
+        // The writer is behind. Usually it only waits for a CPU (the job's processes keep
+        // both busy): give it a moment. If the disk itself is slower than the job's output,
+        // this block goes through the page cache instead, written here — a copy, not a wait
+        // on the device (a later direct read of it is coherent: the kernel writes it back
+        // first).
+        for (const auto& w : blocks_) {
+            if (w->state.load(std::memory_order_acquire) == writing) {
+                if (block_writer::get().wait_for(*w, direct_patience)) {
+                    --in_flight;
+                }
+                break;
+            }
+        }
+    }
     if (in_flight >= max_in_flight) {
-        // The disk is slower than the job's output: wait rather than hold more memory.
+        // Through the page cache, the writer thread is being throttled by the kernel: wait
+        // for it rather than hold more memory.
+        if (align_ > 1 && buffered_fd() >= 0) {
+            int error = 0;
+            const bool ok = pwrite_all(buffered_fd_, b->data(), b->used, b->start, error);
+            b->error = error;
+            b->state.store(ok ? written : failed, std::memory_order_release);
+            reap();
+            return;
+        }
         wait_oldest();
         reap();
         if (failed_) {
             return;
         }
     }
-    auto& b = blocks_.back();
-    b->limit = b->used;  // nothing more goes into it
     b->state.store(writing, std::memory_order_relaxed);
     block_writer::get().submit(fd_, b.get());
 }

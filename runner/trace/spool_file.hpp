@@ -90,9 +90,11 @@ private:
     void submit_back();
     void reap() const;
     void wait_oldest() const;
+    int buffered_fd();
     read_plan plan_read(std::size_t offset, std::size_t max) const;
 
     int fd_ = -1;
+    int buffered_fd_ = -1;   // the file without O_DIRECT, opened when the disk falls behind
     std::size_t align_ = 1;  // offsets, sizes and buffers of direct I/O; 1 without it
     std::size_t size_ = 0;
     // Bytes [0, disk_end_) are on disk; blocks_ hold [disk_end_, size_), oldest first, the
