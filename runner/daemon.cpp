@@ -166,8 +166,10 @@ class daemon {
 public:
     explicit daemon(daemon_options o)
         : options_(std::move(o)), changed_(io_), shutdown_timer_(io_), trim_timer_(io_),
-          watch_timer_(io_), closing_(io_), signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
+          watch_timer_(io_), closing_(io_), answered_(io_),
+          signals_(io_, SIGINT, SIGTERM, SIGQUIT) {
         changed_.expires_at(asio::steady_timer::time_point::max());
+        answered_.expires_at(asio::steady_timer::time_point::max());
         closing_.expires_at(asio::steady_timer::time_point::max());
         signals_.add(SIGHUP);
     }
@@ -564,6 +566,10 @@ private:
                 break;
             }
             auto res = std::get<0>(std::move(raced));
+            if (res.reached() && errors > 0 &&
+                res.value.status != gitlab::request_job_status::failed) {
+                gitlab_answered(r.entry.url);
+            }
             std::chrono::milliseconds wait{0};
             if (!res.reached()) {
                 wait = gitlab::full_jitter_backoff(errors++, 1s, 60s,
@@ -630,6 +636,13 @@ private:
 
     // ---- GitLab back after an outage ---------------------------------------------------------
 
+    // A request reached GitLab at `url` after a failure: whoever waits out a backoff for the
+    // same GitLab need not find that out by its own probe.
+    void gitlab_answered(const std::string& url) {
+        answered_url_ = url;
+        answered_.cancel();
+    }
+
     // Waits `wait` (a backoff after a request could not reach GitLab), ending early once a TCP
     // connection to GitLab's host opens after one had failed: a refused connect costs neither
     // side anything, so probing every 2 s lets polls and spooled final states go out within
@@ -637,6 +650,7 @@ private:
     // a server that accepts connections but still breaks requests (TLS, a proxy cutting them)
     // gets the whole backoff.
     asio::awaitable<void> wait_until_back(std::string url, std::chrono::milliseconds wait) {
+        using namespace asio::experimental::awaitable_operators;
         const auto end = std::chrono::steady_clock::now() + wait;
         std::optional<net::origin> origin;
         if (auto u = net::parse_gitlab_url(url); std::holds_alternative<net::base_url>(u)) {
@@ -653,7 +667,10 @@ private:
                 step = std::min<std::chrono::milliseconds>(step, 2s);
             }
             asio::steady_timer t(io_, step);
-            co_await t.async_wait(use_tuple);
+            auto woken = co_await (t.async_wait(use_tuple) || answered_.async_wait(use_tuple));
+            if (woken.index() == 1 && answered_url_ == url) {
+                co_return;
+            }
             if (!origin || std::chrono::steady_clock::now() >= end) {
                 continue;
             }
@@ -1122,6 +1139,9 @@ private:
                 }
                 auto& ur = std::get<0>(u);
                 if (ur.reached()) {
+                    if (ur.value.status != gitlab::update_status::failed) {
+                        gitlab_answered(s.e.url);
+                    }
                     switch (ur.value.status) {
                         case gitlab::update_status::succeeded:
                             log::info("delivered a spooled final job state",
@@ -1177,6 +1197,10 @@ private:
     asio::steady_timer trim_timer_;
     asio::steady_timer watch_timer_;
     asio::steady_timer closing_;  // cancelled when the daemon exits: spool deliveries stop
+    // Never expires; cancelled when a request reached a GitLab that a poller or a delivery may
+    // be waiting out a backoff for (answered_url_ says which), so they all go again at once.
+    asio::steady_timer answered_;
+    std::string answered_url_;
     asio::signal_set signals_;
     system_id_state system_id_;
     std::unique_ptr<service::operations> ops_;
