@@ -1,14 +1,13 @@
 #include "runner/trace/masker.hpp"
 
+#include "runner/trace/byte_scan.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
 #include <map>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 namespace kiln::trace {
 namespace {
@@ -86,28 +85,6 @@ const unsigned char* bytes(std::string_view s) {
     return reinterpret_cast<const unsigned char*>(s.data());
 }
 
-// Finds the first byte equal to `a` or `b` in p[i, n).
-std::size_t find_either(const unsigned char* p, std::size_t i, std::size_t n, unsigned char a,
-                        unsigned char b) {
-#if defined(__SSE2__)
-    const __m128i va = _mm_set1_epi8(static_cast<char>(a));
-    const __m128i vb = _mm_set1_epi8(static_cast<char>(b));
-    for (; i + 16 <= n; i += 16) {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-        const int m = _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, va), _mm_cmpeq_epi8(v, vb)));
-        if (m != 0) {
-            return i + static_cast<std::size_t>(__builtin_ctz(static_cast<unsigned>(m)));
-        }
-    }
-#endif
-    for (; i < n; ++i) {
-        if (p[i] == a || p[i] == b) {
-            return i;
-        }
-    }
-    return n;
-}
-
 // ---- stage 1: masked variable values --------------------------------------------------------
 //
 // Why not Aho-Corasick: over 200 values of up to 40 bytes the automaton has ~5000 states; as a
@@ -173,7 +150,9 @@ public:
         // a hit costs one sorted search per offset, not one comparison per phrase.
         std::sort(grams.begin(), grams.end());
         grams.erase(std::unique(grams.begin(), grams.end()), grams.end());
-        bits_ = std::clamp(ceil_log2(grams.size() * 64), 10u, 18u);
+        // At least 16 Ki bits (2 KiB): with few values a sparse map makes false hits, each a
+        // bucket search, rare (0.1% of samples for one value) at little memory.
+        bits_ = std::clamp(ceil_log2(grams.size() * 64), 14u, 18u);
         bucket_bits_ = std::clamp(ceil_log2(grams.size()), 1u, bits_);
         bitmap_.assign(std::size_t{1} << (bits_ - 6), 0);
         bucket_start_.assign((std::size_t{1} << bucket_bits_) + 1, 0);
@@ -327,6 +306,15 @@ private:
             std::uint32_t x = 0;
             std::uint32_t idx = 0;
             bool hit = false;
+            // Four samples a step, independent of each other; the step that hits is redone
+            // one sample at a time below.
+            while (j + 3 * stride_ + 4 <= n &&
+                   !(maybe(hash(load4(p + j) & gram_mask_)) |
+                     maybe(hash(load4(p + j + stride_) & gram_mask_)) |
+                     maybe(hash(load4(p + j + 2 * stride_) & gram_mask_)) |
+                     maybe(hash(load4(p + j + 3 * stride_) & gram_mask_)))) {
+                j += 4 * stride_;
+            }
             while (j + 4 <= n) {
                 x = load4(p + j) & gram_mask_;
                 idx = hash(x);
@@ -498,7 +486,7 @@ private:
         while (i < n) {
             switch (state_) {
                 case state::text: {
-                    const std::size_t k = find_either(p, i, n, '?', '&');
+                    const std::size_t k = scan::find_either(p, i, n, '?', '&');
                     if (k == n) {
                         i = n;
                         break;
@@ -611,7 +599,7 @@ public:
                 continue;
             }
             if (state_ == 0) {
-                i = skip(p, i, n);
+                i = scan::find_pair(p, i, n, starts_);
                 if (i == n) {
                     break;
                 }
@@ -692,60 +680,15 @@ private:
                 }
             }
         }
-        // Start-state filter: a prefix can only begin at a byte in first_ followed by one in
-        // second_ (no pair check when some prefix is one byte long).
-        pair_filter_ = true;
+        // Start-state filter: a prefix can only begin at one of its first bytes followed by one
+        // of its second bytes.
         for (const auto& pre : prefixes) {
-            first_[static_cast<unsigned char>(pre[0])] = true;
             if (pre.size() == 1) {
-                pair_filter_ = false;
+                starts_.add(static_cast<unsigned char>(pre[0]));
             } else {
-                second_[static_cast<unsigned char>(pre[1])] = true;
+                starts_.add(static_cast<unsigned char>(pre[0]), static_cast<unsigned char>(pre[1]));
             }
         }
-        for (int c = 0; c < 256; ++c) {
-            if (first_[static_cast<std::size_t>(c)]) {
-                first_list_.push_back(static_cast<unsigned char>(c));
-            }
-            if (second_[static_cast<std::size_t>(c)]) {
-                second_list_.push_back(static_cast<unsigned char>(c));
-            }
-        }
-    }
-
-    // From the start state: the first position at or after i where a prefix may begin.
-    std::size_t skip(const unsigned char* p, std::size_t i, std::size_t n) const {
-#if defined(__SSE2__)
-        if (pair_filter_ && !first_list_.empty() && first_list_.size() <= 4 &&
-            second_list_.size() <= 4) {
-            __m128i f[4];
-            __m128i s[4];
-            for (std::size_t k = 0; k < 4; ++k) {
-                f[k] = _mm_set1_epi8(static_cast<char>(first_list_[std::min(k, first_list_.size() - 1)]));
-                s[k] = _mm_set1_epi8(static_cast<char>(second_list_[std::min(k, second_list_.size() - 1)]));
-            }
-            for (; i + 17 <= n; i += 16) {
-                const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-                const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
-                const __m128i m0 = _mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(v0, f[0]), _mm_cmpeq_epi8(v0, f[1])),
-                    _mm_or_si128(_mm_cmpeq_epi8(v0, f[2]), _mm_cmpeq_epi8(v0, f[3])));
-                const __m128i m1 = _mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(v1, s[0]), _mm_cmpeq_epi8(v1, s[1])),
-                    _mm_or_si128(_mm_cmpeq_epi8(v1, s[2]), _mm_cmpeq_epi8(v1, s[3])));
-                const int m = _mm_movemask_epi8(_mm_and_si128(m0, m1));
-                if (m != 0) {
-                    return i + static_cast<std::size_t>(__builtin_ctz(static_cast<unsigned>(m)));
-                }
-            }
-        }
-#endif
-        for (; i < n; ++i) {
-            if (first_[p[i]] && (!pair_filter_ || i + 1 == n || second_[p[i + 1]])) {
-                return i;
-            }
-        }
-        return n;
     }
 
     std::array<bool, 256> body_{};
@@ -753,11 +696,7 @@ private:
     std::uint32_t classes_ = 1;
     std::vector<std::uint32_t> delta_;
     std::vector<std::uint8_t> accept_;
-    std::array<bool, 256> first_{};
-    std::array<bool, 256> second_{};
-    std::vector<unsigned char> first_list_;
-    std::vector<unsigned char> second_list_;
-    bool pair_filter_ = true;
+    scan::pair_set starts_;
     std::uint32_t state_ = 0;
     bool in_body_ = false;
     bool body_seen_ = false;
@@ -964,15 +903,10 @@ std::size_t utf8_repair::process(std::string_view in, const segment_sink& out, b
     std::size_t i = 0;
     std::size_t emit = 0;
     while (i < n) {
-#if defined(__SSE2__)
-        while (i + 16 <= n &&
-               _mm_movemask_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))) == 0) {
-            i += 16;
-        }
+        i = scan::find_non_ascii(p, i, n);
         if (i >= n) {
             break;
         }
-#endif
         if (p[i] < 0x80) {
             ++i;
             continue;
