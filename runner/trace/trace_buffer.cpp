@@ -17,6 +17,7 @@ namespace {
 // A write of at least this size shows a job writing fast (whole pipe reads at a time): the
 // spool then fills large blocks.
 constexpr std::size_t fast_write = 32 * 1024;
+constexpr int burst_end_writes = 8;
 
 masking_totals totals;
 
@@ -62,7 +63,14 @@ trace_buffer::lane& trace_buffer::lane_for(source from) {
 masking_totals masking_work() { return totals; }
 
 void trace_buffer::write(source from, std::string_view data) {
-    fast_ = data.size() >= fast_write;
+    // A fast writer's reads still vary in size (whatever the pipe held at the moment): only a
+    // run of small ones ends a burst, so the spool keeps its large blocks and their pages.
+    if (data.size() >= fast_write) {
+        fast_ = true;
+        small_writes_ = 0;
+    } else if (fast_ && ++small_writes_ >= burst_end_writes) {
+        fast_ = false;
+    }
     if (truncated_) {
         return;
     }

@@ -137,7 +137,8 @@ private:
     utf8_repair utf8_;
     std::string stamped_;  // scratch: a piece of masked output with timestamps
     spool_file spool_;
-    bool fast_ = false;  // the current write is large: a job writing fast
+    bool fast_ = false;  // a job writing fast: large writes, not yet followed by a run of small ones
+    int small_writes_ = 0;
     std::size_t size_ = 0;
     std::uint32_t crc_ = 0;
     bool truncated_ = false;
