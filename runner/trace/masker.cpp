@@ -85,6 +85,28 @@ const unsigned char* bytes(std::string_view s) {
     return reinterpret_cast<const unsigned char*>(s.data());
 }
 
+// For a stage that holds back only the start of an unfinished character: joins the held bytes
+// with enough of `in` (`lookahead`) to decide it, then goes on in `in` itself, so the bulk of
+// the output is never copied. `process(text, at_eof)` returns how much of `text` it consumed.
+template <class Process>
+void write_after_held(std::string& pending, std::string_view in, std::size_t lookahead,
+                      Process&& process) {
+    if (!pending.empty()) {
+        const std::size_t held = pending.size();
+        const std::size_t take = std::min(in.size(), lookahead);
+        std::string joined = pending;
+        joined.append(in.substr(0, take));
+        pending.clear();
+        const std::size_t done = process(std::string_view(joined));
+        if (take == in.size()) {
+            pending.assign(joined, done);
+            return;
+        }
+        in.remove_prefix(done - held);
+    }
+    pending.assign(in.substr(process(in)));
+}
+
 // ---- stage 1: masked variable values --------------------------------------------------------
 //
 // Why not Aho-Corasick: over 200 values of up to 40 bytes the automaton has ~5000 states; as a
@@ -422,21 +444,9 @@ public:
     std::size_t held_bytes() const { return pending_.size(); }
 
     void write(std::string_view in, const segment_sink& out) {
-        if (!pending_.empty()) {
-            // Enough of `in` to decide the held character (at most 4 bytes long).
-            const std::size_t held = pending_.size();
-            const std::size_t take = std::min<std::size_t>(in.size(), 8);
-            std::string joined = pending_;
-            joined.append(in.substr(0, take));
-            pending_.clear();
-            const std::size_t done = process(joined, out, false);
-            if (take == in.size()) {
-                pending_.assign(joined, done);
-                return;
-            }
-            in.remove_prefix(done - held);
-        }
-        pending_.assign(in.substr(process(in, out, false)));
+        // 8 bytes of `in` decide the held character (at most 4 bytes long).
+        write_after_held(pending_, in, 8,
+                         [&](std::string_view text) { return process(text, out, false); });
     }
 
     void flush(const segment_sink& out) {
@@ -872,20 +882,8 @@ void utf8_repair::flush(std::string& out) {
 }
 
 void utf8_repair::write(std::string_view in, const segment_sink& out) {
-    if (!pending_.empty()) {
-        const std::size_t held = pending_.size();
-        const std::size_t take = std::min<std::size_t>(in.size(), 4);
-        std::string joined = pending_;
-        joined.append(in.substr(0, take));
-        pending_.clear();
-        const std::size_t done = process(joined, out, false);
-        if (take == in.size()) {
-            pending_.assign(joined, done);
-            return;
-        }
-        in.remove_prefix(done - held);
-    }
-    pending_.assign(in.substr(process(in, out, false)));
+    write_after_held(pending_, in, 4,
+                     [&](std::string_view text) { return process(text, out, false); });
 }
 
 void utf8_repair::flush(const segment_sink& out) {
