@@ -48,13 +48,13 @@ public:
     template <class Token>
     auto async_handshake(Token&& token) {
         return boost::asio::async_compose<Token, void(boost::system::error_code)>(
-            handshake_op{*this}, token, next_);
+            drive_op<handshake_stepper>{*this, {}}, token, next_);
     }
 
     template <class MutableBuffers, class Token>
     auto async_read_some(const MutableBuffers& buffers, Token&& token) {
         return boost::asio::async_compose<Token, void(boost::system::error_code, std::size_t)>(
-            read_op<MutableBuffers>{*this, buffers}, token, next_);
+            drive_op<read_stepper<MutableBuffers>>{*this, {buffers}}, token, next_);
     }
 
     template <class ConstBuffers, class Token>
@@ -125,9 +125,14 @@ private:
     }
     boost::asio::mutable_buffer peek_buffer() { return {&peek_, 1}; }
 
-    // Handshake: drive SSL_connect, sending what it wrote and waiting for input as it asks.
-    struct handshake_op {
+    // Drives OpenSSL through one operation: each step sends what OpenSSL wrote (handshake
+    // messages, an answer to a TLS 1.3 key update) and, when it asks for input, waits for a byte
+    // of it. The stepper makes the OpenSSL call; `with_size` says whether the completion carries
+    // a byte count (a read) or not (the handshake).
+    template <class Stepper>
+    struct drive_op {
         tls_stream& s;
+        Stepper next_step;
         boost::asio::coroutine coro{};
         step st{};
         bool waited = false;
@@ -136,13 +141,13 @@ private:
         void operator()(Self& self, boost::system::error_code ec = {}, std::size_t = 0) {
             BOOST_ASIO_CORO_REENTER(coro) {
                 for (;;) {
-                    st = s.handshake_step();
+                    st = next_step(s);
                     if (!s.out_.empty()) {
                         BOOST_ASIO_CORO_YIELD s.async_send_output(std::move(self));
                         s.sent();
                         waited = true;
                         if (ec) {
-                            self.complete(ec);
+                            finish(self, ec, 0);
                             return;
                         }
                     }
@@ -152,55 +157,7 @@ private:
                     BOOST_ASIO_CORO_YIELD s.next_.async_read_some(s.peek_buffer(), std::move(self));
                     waited = true;
                     if (ec) {
-                        self.complete(s.wait_error(ec));
-                        return;
-                    }
-                    s.got_peek();
-                }
-                if (!waited) {
-                    BOOST_ASIO_CORO_YIELD boost::asio::post(s.get_executor(), std::move(self));
-                }
-                self.complete(st.error);
-            }
-        }
-    };
-
-    template <class MutableBuffers>
-    struct read_op {
-        tls_stream& s;
-        MutableBuffers buffers;
-        boost::asio::coroutine coro{};
-        step st{};
-        bool waited = false;
-
-        template <class Self>
-        void operator()(Self& self, boost::system::error_code ec = {}, std::size_t = 0) {
-            BOOST_ASIO_CORO_REENTER(coro) {
-                for (;;) {
-                    // Only the first non-empty buffer is filled, as a read_some may.
-                    st = {};
-                    for (auto b : boost::beast::buffers_range_ref(buffers)) {
-                        if (b.size() > 0) {
-                            st = s.read_step(static_cast<char*>(b.data()), b.size());
-                            break;
-                        }
-                    }
-                    if (!s.out_.empty()) {  // e.g. an answer to a TLS 1.3 key update
-                        BOOST_ASIO_CORO_YIELD s.async_send_output(std::move(self));
-                        s.sent();
-                        waited = true;
-                        if (ec) {
-                            self.complete(ec, 0);
-                            return;
-                        }
-                    }
-                    if (st.what != need::input) {
-                        break;
-                    }
-                    BOOST_ASIO_CORO_YIELD s.next_.async_read_some(s.peek_buffer(), std::move(self));
-                    waited = true;
-                    if (ec) {
-                        self.complete(s.wait_error(ec), 0);
+                        finish(self, s.wait_error(ec), 0);
                         return;
                     }
                     s.got_peek();
@@ -210,8 +167,37 @@ private:
                     // initiating call (a parser loop would otherwise recurse once per record).
                     BOOST_ASIO_CORO_YIELD boost::asio::post(s.get_executor(), std::move(self));
                 }
-                self.complete(st.error, st.bytes);
+                finish(self, st.error, st.bytes);
             }
+        }
+
+        template <class Self>
+        static void finish(Self& self, boost::system::error_code ec, std::size_t n) {
+            if constexpr (Stepper::with_size) {
+                self.complete(ec, n);
+            } else {
+                self.complete(ec);
+            }
+        }
+    };
+
+    struct handshake_stepper {
+        static constexpr bool with_size = false;
+        step operator()(tls_stream& s) const { return s.handshake_step(); }
+    };
+
+    template <class MutableBuffers>
+    struct read_stepper {
+        static constexpr bool with_size = true;
+        MutableBuffers buffers;
+        step operator()(tls_stream& s) const {
+            // Only the first non-empty buffer is filled, as a read_some may.
+            for (auto b : boost::beast::buffers_range_ref(buffers)) {
+                if (b.size() > 0) {
+                    return s.read_step(static_cast<char*>(b.data()), b.size());
+                }
+            }
+            return {};
         }
     };
 
