@@ -2,8 +2,8 @@
 """Cost of streaming job logs, measured on the real kiln binary against the GitLab emulator
 over HTTPS:
 
-1. CPU: kiln's CPU time (all its threads, from /proc/PID/task/*/schedstat) for one job that prints ~100 MB of
-   base64 text, minus the CPU of the same kiln running a job that prints nothing. Reported as
+1. CPU: kiln's CPU time (all its threads, from /proc/PID/task/*/schedstat) for one job that
+   prints ~100 MB of base64 text, minus the CPU of the same kiln running a job that prints nothing. Reported as
    ms per MB of log.
 2. Memory: kiln's RSS with N jobs streaming logs at the same time, against the RSS with one,
    as the growth per additional concurrent job.

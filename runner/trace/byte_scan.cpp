@@ -132,28 +132,30 @@ std::size_t find_pair_sse2(const unsigned char* p, std::size_t i, std::size_t n,
 
 }  // namespace
 
-void pair_set::add(unsigned char a) {
-    if (!first_table[a]) {
-        first_table[a] = true;
-        if (first_count < first.size()) {
-            first[first_count] = a;
+namespace {
+
+// Adds c to one of the sets: its table, and its list while the list has room.
+void add_member(unsigned char c, std::array<bool, 256>& table, std::array<unsigned char, 4>& list,
+                unsigned& count) {
+    if (!table[c]) {
+        table[c] = true;
+        if (count < list.size()) {
+            list[count] = c;
         }
-        ++first_count;
+        ++count;
     }
+}
+
+}  // namespace
+
+void pair_set::add(unsigned char a) {
+    add_member(a, first_table, first, first_count);
     any_second = true;
 }
 
 void pair_set::add(unsigned char a, unsigned char b) {
-    const bool any = any_second;
-    add(a);
-    any_second = any;
-    if (!second_table[b]) {
-        second_table[b] = true;
-        if (second_count < second.size()) {
-            second[second_count] = b;
-        }
-        ++second_count;
-    }
+    add_member(a, first_table, first, first_count);
+    add_member(b, second_table, second, second_count);
 }
 
 std::size_t find_either(const unsigned char* p, std::size_t i, std::size_t n, unsigned char a,

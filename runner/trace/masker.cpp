@@ -8,7 +8,6 @@
 #include <cstring>
 #include <map>
 
-
 namespace kiln::trace {
 namespace {
 
@@ -87,7 +86,7 @@ const unsigned char* bytes(std::string_view s) {
 
 // For a stage that holds back only the start of an unfinished character: joins the held bytes
 // with enough of `in` (`lookahead`) to decide it, then goes on in `in` itself, so the bulk of
-// the output is never copied. `process(text, at_eof)` returns how much of `text` it consumed.
+// the output is never copied. `process(text)` returns how much of `text` it consumed.
 template <class Process>
 void write_after_held(std::string& pending, std::string_view in, std::size_t lookahead,
                       Process&& process) {
@@ -904,10 +903,6 @@ std::size_t utf8_repair::process(std::string_view in, const segment_sink& out, b
         i = scan::find_non_ascii(p, i, n);
         if (i >= n) {
             break;
-        }
-        if (p[i] < 0x80) {
-            ++i;
-            continue;
         }
         const rune r = decode_rune(p + i, n - i, at_eof);
         if (r.status == rune_status::valid) {

@@ -381,9 +381,8 @@ class OutageTest(DaemonTestBase):
             return [parse_time(r["time"]) for r in self.job_requests(stays.token)
                     if parse_time(r["time"]) >= up_at - 1]
         # The deliveries above may all be done before the poller's next probe or wake-up.
-        self.gitlab.wait_for(asked_again, timeout=15,
-                             message="a job request after the outage")
-        back = asked_again()
+        back = self.gitlab.wait_for(asked_again, timeout=15,
+                                    message="a job request after the outage")
         self.assertLess(min(back) - up_at, 10,
                         "polling did not resume soon after the outage:\n" + stays.log())
         # Not disabled: a new job for it is picked up and runs.
