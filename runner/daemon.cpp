@@ -541,6 +541,7 @@ private:
         auto& r = *rp;
         int errors = 0;
         int quick_204s = 0;
+        bool unreachable = false;  // the last request did not reach GitLab
         auto active = [&] {
             return !stopping_ && !r.removed &&
                    index < std::max<std::int64_t>(1, r.entry.request_concurrency);
@@ -568,8 +569,13 @@ private:
             auto res = std::get<0>(std::move(raced));
             if (res.reached() && errors > 0 &&
                 res.value.status != gitlab::request_job_status::failed) {
+                if (unreachable) {
+                    log::info("GitLab answers again", {{"runner", r.short_token},
+                                                       {"failed_attempts", errors}});
+                }
                 gitlab_answered(r.entry.url);
             }
+            unreachable = !res.reached();
             std::chrono::milliseconds wait{0};
             if (!res.reached()) {
                 wait = gitlab::full_jitter_backoff(errors++, 1s, 60s,
@@ -625,7 +631,8 @@ private:
                 if (!res.reached()) {
                     // GitLab unreachable: the backoff spares it, but polling resumes as soon
                     // as it listens again rather than up to a minute later.
-                    co_await (wait_until_back(r.entry.url, wait) || r.stop.async_wait(use_tuple));
+                    co_await (wait_until_back(r.entry.url, wait, refused(res.transport)) ||
+                              r.stop.async_wait(use_tuple));
                 } else {
                     asio::steady_timer t(io_, wait);
                     co_await (t.async_wait(use_tuple) || r.stop.async_wait(use_tuple));
@@ -643,20 +650,29 @@ private:
         answered_.cancel();
     }
 
+    // Whether a request failed before any connection opened: then a probe that connects means
+    // GitLab is back.
+    static bool refused(const net::transport_error& e) {
+        using kind = net::transport_error::kind;
+        return e.what == kind::connect || e.what == kind::resolve;
+    }
+
     // Waits `wait` (a backoff after a request could not reach GitLab), ending early once a TCP
     // connection to GitLab's host opens after one had failed: a refused connect costs neither
     // side anything, so probing every 2 s lets polls and spooled final states go out within
     // seconds of GitLab listening again. Only a failed-then-working connect ends the wait, so
     // a server that accepts connections but still breaks requests (TLS, a proxy cutting them)
-    // gets the whole backoff.
-    asio::awaitable<void> wait_until_back(std::string url, std::chrono::milliseconds wait) {
+    // gets the whole backoff. `refused`: the request itself could not connect, which counts
+    // as the failed connect (GitLab may come back before the first probe).
+    asio::awaitable<void> wait_until_back(std::string url, std::chrono::milliseconds wait,
+                                          bool refused) {
         using namespace asio::experimental::awaitable_operators;
         const auto end = std::chrono::steady_clock::now() + wait;
         std::optional<net::origin> origin;
         if (auto u = net::parse_gitlab_url(url); std::holds_alternative<net::base_url>(u)) {
             origin = std::get<net::base_url>(u).origin;
         }
-        bool seen_down = false;
+        bool seen_down = refused;
         while (true) {
             const auto now = std::chrono::steady_clock::now();
             if (now >= end) {
@@ -1091,6 +1107,7 @@ private:
                 offset = std::numeric_limits<std::int64_t>::max();
             }
             bool reached = true;
+            bool was_refused = false;
             while (reached && offset < trace_size && !closed_) {
                 std::string chunk;
                 try {
@@ -1118,6 +1135,7 @@ private:
                 auto& pr = std::get<0>(p);
                 if (!pr.reached() || pr.value.status == gitlab::patch_status::failed) {
                     reached = false;
+                    was_refused = refused(pr.transport);
                     break;
                 }
                 if (pr.value.status == gitlab::patch_status::succeeded ||
@@ -1167,6 +1185,7 @@ private:
                     }
                 } else {
                     reached = false;
+                    was_refused = refused(ur.transport);
                 }
             }
             if (done) {
@@ -1179,7 +1198,8 @@ private:
             }
             if (wait.count() > 0 && !closed_) {
                 if (!reached) {
-                    co_await (wait_until_back(s.e.url, wait) || closing_.async_wait(use_tuple));
+                    co_await (wait_until_back(s.e.url, wait, was_refused) ||
+                              closing_.async_wait(use_tuple));
                 } else {
                     asio::steady_timer t(io_, wait);
                     co_await (t.async_wait(use_tuple) || closing_.async_wait(use_tuple));

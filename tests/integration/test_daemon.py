@@ -384,7 +384,9 @@ class OutageTest(DaemonTestBase):
         back = self.gitlab.wait_for(asked_again, timeout=15,
                                     message="a job request after the outage")
         self.assertLess(min(back) - up_at, 10,
-                        "polling did not resume soon after the outage:\n" + stays.log())
+                        f"polling did not resume soon after the outage (listening again at "
+                        f"{time.strftime('%H:%M:%S', time.gmtime(up_at))}"
+                        f".{int(up_at % 1 * 1000):03d}Z):\n" + stays.log())
         # Not disabled: a new job for it is picked up and runs.
         later = self.enqueue(stays.token, ["echo after-the-outage"])
         state = self.gitlab.wait_job_state(later["id"], timeout=60)
