@@ -486,6 +486,16 @@ private:
         if (next.concurrent != options_.settings.concurrent) {
             ++changed;
         }
+        if (next.user != options_.settings.user) {
+            // kiln became that user at start (runner/service/run_as.hpp) and cannot go back.
+            if (!next.user.empty()) {
+                log::warn("`user` changed to \"" + next.user + "\": that takes a restart; jobs "
+                          "still run as " + (options_.settings.user.empty()
+                                                 ? std::string("kiln's own user")
+                                                 : options_.settings.user));
+            }
+            next.user = options_.settings.user;
+        }
         options_.settings = std::move(next);
         forget_runner_entries();
         ops_->set_concurrent(options_.settings.concurrent);

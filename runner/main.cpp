@@ -143,6 +143,14 @@ int main(int argc, char** argv) {
     add_global_options(c_run, g);
     c_run->add_option("-d,--working-directory", run.working_directory, "Directory to run in");
     c_run->add_option("--max-jobs", run.max_jobs, "Exit after this many jobs (0: until signalled)");
+    c_run->add_option("-u,--user", run.user,
+                      "Run jobs as this user: started as root, kiln becomes it (as `user` in "
+                      "the config)");
+    c_run->add_option("-n,--service", run.service,
+                      "Accepted as gitlab-runner does (systemd names the service)")
+        ->envname("SERVICE_NAME");
+    c_run->add_flag("--syslog", run.syslog,
+                    "Accepted as gitlab-runner does (under systemd the journal takes the log)");
     c_run->callback([&] { rc = run_daemon(g, run); });
 
     prune_options prune;
@@ -177,7 +185,13 @@ int main(int argc, char** argv) {
         if (install) {
             cmd->add_option("-d,--working-directory", svc.working_directory,
                             "Working directory of the service (default /var/lib/kiln)");
-            cmd->add_option("-u,--user", svc.user, "User to run the service as (default root)");
+            cmd->add_option("-u,--user", svc.user,
+                            "User the jobs run as; alone, the service runs as it too "
+                            "(default root)");
+            cmd->add_option("-i,--init-user", svc.init_user,
+                            "User the service starts as (root: it becomes --user at start)");
+            cmd->add_flag("--syslog", svc.syslog,
+                          "Accepted as gitlab-runner does (the journal takes the log)");
             cmd->add_option("--unit-dir", svc.unit_dir,
                             "Where to write the unit (default /etc/systemd/system)");
         } else {

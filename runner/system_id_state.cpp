@@ -10,11 +10,12 @@
 #include "runner/gitlab/tokens.hpp"
 
 namespace kiln {
-namespace {
 
-std::filesystem::path state_file(const std::filesystem::path& config_path) {
+std::filesystem::path system_id_path(const std::filesystem::path& config_path) {
     return config_path.parent_path() / ".runner_system_id";
 }
+
+namespace {
 
 std::string read_trimmed(const std::filesystem::path& p) {
     std::ifstream in(p);
@@ -33,7 +34,7 @@ std::string read_trimmed(const std::filesystem::path& p) {
 }  // namespace
 
 system_id_state load_system_id(const std::filesystem::path& config_path) {
-    if (auto stored = read_trimmed(state_file(config_path)); gitlab::is_valid_system_id(stored)) {
+    if (auto stored = read_trimmed(system_id_path(config_path)); gitlab::is_valid_system_id(stored)) {
         return {stored, true};
     }
     for (const char* p : {"/etc/machine-id", "/var/lib/dbus/machine-id"}) {
@@ -48,7 +49,7 @@ void persist_system_id(const std::filesystem::path& config_path, system_id_state
     if (state.persisted) {
         return;
     }
-    auto path = state_file(config_path);
+    auto path = system_id_path(config_path);
     auto tmp = path;
     tmp += ".tmp";
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -12,6 +12,9 @@ struct system_id_state {
     bool persisted = false;   // false: derived now and not yet written
 };
 
+/// .runner_system_id beside the config.
+std::filesystem::path system_id_path(const std::filesystem::path& config_path);
+
 /// Reads .runner_system_id next to `config_path`; when missing or invalid, derives one from
 /// /etc/machine-id (or a random r_… one) without writing anything.
 system_id_state load_system_id(const std::filesystem::path& config_path);

@@ -221,7 +221,12 @@ struct engine_client::impl {
     }
 
     std::string connect_error(const boost::system::error_code& ec) const {
-        return "cannot connect to the Docker engine at unix://" + socket_path + ": " + ec.message();
+        std::string m = "cannot connect to the Docker engine at unix://" + socket_path + ": " +
+                        ec.message();
+        if (ec == boost::system::errc::permission_denied) {
+            m += " (kiln's user needs to be in the socket's group, usually docker)";
+        }
+        return m;
     }
 
     // One exchange on a fresh connection: a Unix socket connect costs microseconds, and a

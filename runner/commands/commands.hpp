@@ -73,6 +73,9 @@ int run_lint(const global_options& g);
 struct run_options {
     std::string working_directory;
     std::int64_t max_jobs = 0;  // stop after this many jobs (0: run until signalled)
+    std::string user;           // jobs run as this user (overrides `user` in the config)
+    std::string service;        // accepted for gitlab-runner's unit files; names nothing here
+    bool syslog = false;        // accepted likewise: systemd's journal already takes the log
 };
 int run_daemon(const global_options& g, const run_options& o);
 
@@ -95,7 +98,12 @@ int run_artifacts_verify(const artifacts_verify_options& o);
 struct service_options {
     std::string service = "kiln";        // --service/-n: the unit's name
     std::string working_directory;       // --working-directory/-d (install)
-    std::string user;                    // --user/-u (install); empty: root
+    // install: --user/-u alone makes the service run as that user (so do its jobs); with
+    // --init-user/-i the service runs as the init user and becomes --user at start, as
+    // gitlab-runner's unit runs `run --user`. Neither: root.
+    std::string user;
+    std::string init_user;
+    bool syslog = false;  // --syslog: accepted; the journal takes the log
     std::string unit_dir = "/etc/systemd/system";  // --unit-dir: for image builds and chroots
 };
 int run_install(const global_options& g, const service_options& o);

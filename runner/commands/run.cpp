@@ -1,12 +1,83 @@
-// kiln run: load the config and hand over to the daemon.
+// kiln run: load the config, become the jobs' user if one is set, and hand over to the daemon.
 
 #include <unistd.h>
 
 #include "config/paths.hpp"
 #include "runner/commands/common.hpp"
 #include "runner/daemon.hpp"
+#include "runner/prune.hpp"
+#include "runner/service/run_as.hpp"
+#include "runner/spool.hpp"
+#include "runner/system_id_state.hpp"
+#include "runner/util/logging.hpp"
 
 namespace kiln::commands {
+
+namespace {
+
+// `user` (or --user): see runner/service/run_as.hpp.
+void switch_user(const std::string& name, const std::filesystem::path& config_path,
+                 const config::settings& s) {
+    std::string error;
+    auto a = service::find_account(name, error);
+    if (!a) {
+        throw command_error("user = \"" + name + "\": " + error);
+    }
+    switch (service::plan_user_switch(::geteuid(), a->uid)) {
+        case service::user_switch::none:
+            return;
+        case service::user_switch::refuse:
+            throw command_error("jobs are to run as user " + name + ", but kiln runs as uid " +
+                                std::to_string(::geteuid()) +
+                                " and cannot switch: start kiln as root (it then becomes " + name +
+                                ") or as " + name + " itself");
+        case service::user_switch::become:
+            break;
+    }
+    // The manager's id is written now, while the config directory can be: as the user kiln
+    // could not, and GitLab would see a new manager at every start.
+    auto id = load_system_id(config_path);
+    try {
+        persist_system_id(config_path, id);
+    } catch (const std::exception& e) {
+        log::warn(e.what());
+    }
+    const auto problems = service::hand_over(
+        *a, {spool::directory(config_path, s.spool_dir), prune::volume_marks_dir(config_path)},
+        {system_id_path(config_path)});
+    if (!problems.empty()) {
+        throw command_error("cannot prepare for user " + name + ": " + problems.front());
+    }
+    try {
+        service::become(*a);
+    } catch (const std::exception& e) {
+        throw command_error(e.what());
+    }
+    std::vector<std::filesystem::path> needed;
+    for (const auto& r : s.runners) {
+        needed.push_back(prune::builds_dir_of(r));
+        if (r.executor == "shell" || r.executor.empty()) {
+            needed.push_back(prune::cache_dir_of(r));
+        }
+    }
+    const auto unwritable = service::unwritable(needed);
+    if (!unwritable.empty()) {
+        std::string msg = "jobs run as user " + name + ", who cannot write where they work:";
+        for (const auto& p : unwritable) {
+            msg += "\n  " + p;
+        }
+        msg += "\ngive these directories to " + name + " (chown) or point builds_dir/cache_dir "
+               "elsewhere";
+        throw command_error(msg);
+    }
+    log::info("running as user " + name, {{"uid", static_cast<long long>(a->uid)}});
+    if (::access(config_path.c_str(), R_OK | W_OK) != 0) {
+        log::warn("user " + name + " cannot read and write " + config_path.string() +
+                  ": reloads and token renewals will fail until it can (chown " + name + " it)");
+    }
+}
+
+}  // namespace
 
 int run_daemon(const global_options& g, const run_options& o) {
     try {
@@ -17,8 +88,15 @@ int run_daemon(const global_options& g, const run_options& o) {
         setup_logging(g);
         auto settings = load_settings(path);
         setup_logging(g, settings.log_level, settings.log_format);
+        if (!o.user.empty()) {
+            settings.user = o.user;
+        }
+        const auto config_path = std::filesystem::absolute(path);
+        if (!settings.user.empty()) {
+            switch_user(settings.user, config_path, settings);
+        }
         daemon_options d;
-        d.config_path = std::filesystem::absolute(path);
+        d.config_path = config_path;
         d.settings = std::move(settings);
         d.max_jobs = o.max_jobs;
         return kiln::run_daemon(std::move(d));

@@ -97,7 +97,12 @@ int run_install(const global_options& g, const service_options& o) {
         service::unit_options u;
         u.executable = self_executable();
         u.config = config.string();
-        u.user = o.user;
+        if (o.init_user.empty()) {
+            u.user = o.user;
+        } else {
+            u.user = o.init_user == "root" ? std::string() : o.init_user;
+            u.run_as = o.user;
+        }
         u.working_directory =
             o.working_directory.empty()
                 ? std::string("/var/lib/kiln")

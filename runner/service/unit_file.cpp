@@ -48,6 +48,9 @@ std::string render_unit(std::string_view base, const unit_options& o) {
             line = "ExecStart=" + systemd_quote(o.executable) + " run --config " +
                    systemd_quote(o.config) + " --working-directory " +
                    systemd_quote(o.working_directory);
+            if (!o.run_as.empty()) {
+                line += " --user " + systemd_quote(o.run_as);
+            }
         } else if (starts("User=")) {
             if (o.user.empty()) {
                 continue;  // root, as gitlab-runner's unit without --user

@@ -11,7 +11,8 @@ struct unit_options {
     std::string executable;         // absolute path of the kiln binary
     std::string config;             // absolute config path
     std::string working_directory;  // absolute
-    std::string user;               // empty: root (no User= line)
+    std::string user;               // the service's User=; empty: root (no User= line)
+    std::string run_as;             // `kiln run --user`: jobs' user, when the service is another
 };
 
 /// packaging/kiln.service as compiled into this binary.

@@ -448,6 +448,19 @@ class ServiceCommandsTest(unittest.TestCase):
         self.assertIn("\nWorkingDirectory=/var/lib/kiln\n", unit)
         self.assertIn("\nStateDirectory=kiln\n", unit)
 
+    def test_init_user_starts_the_service_and_jobs_run_as_user(self):
+        # gitlab-runner's form: the service starts as root and runs jobs as --user.
+        r = self.kiln("install", "--unit-dir", self.units, "--config", "/etc/kiln/config.toml",
+                      "--init-user", "root", "--user", "daemon", "--syslog")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        path = os.path.join(self.units, "kiln.service")
+        unit = self.read(path)
+        self.assertNotIn("\nUser=", unit)
+        kiln = os.path.realpath(KILN)
+        self.assertIn(f"\nExecStart={kiln} run --config /etc/kiln/config.toml --working-directory "
+                      "/var/lib/kiln --user daemon\n", unit)
+        self.verify(path)
+
     def test_bad_service_name(self):
         r = self.kiln("install", "--unit-dir", self.units, "--service", "../evil")
         self.assertEqual(r.returncode, 1)

@@ -1,0 +1,52 @@
+#pragma once
+// `user` in config.toml, or `kiln run --user NAME`: the account jobs run as.
+//
+// gitlab-runner keeps its daemon as root and wraps each shell job in `su`, while its helper does
+// the git, cache and artifact work inside that job. kiln does that work itself, so it becomes
+// the user once, at start, before any job: its git checkouts, extracted caches and artifacts
+// and the job's processes then all belong to the user, and no root process touches the build
+// tree a job may have tampered with. Started as the user already, there is nothing to do;
+// started as anyone else, kiln cannot switch and says so.
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kiln::service {
+
+struct account {
+    std::string name;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::string home;
+    std::string shell;
+};
+
+enum class user_switch { none, become, refuse };
+
+/// What kiln does about `user` when it runs with effective uid `euid` (pure).
+user_switch plan_user_switch(uid_t euid, uid_t target);
+
+/// The account from the user database (NSS); nullopt and `error` set when there is none.
+std::optional<account> find_account(const std::string& name, std::string& error);
+
+/// Before becoming `a`: the directories kiln writes to after start (the spool, the Docker
+/// cache volume marks) are created if missing and handed to `a`, with the files in them, and
+/// so are `files` that exist (never following a symbolic link). Errors are returned as
+/// messages, one per path.
+std::vector<std::string> hand_over(const account& a, const std::vector<std::filesystem::path>& dirs,
+                                   const std::vector<std::filesystem::path>& files);
+
+/// Becomes `a` for good (supplementary groups from the group database, then gid, then uid;
+/// root cannot be regained), and sets HOME, USER, LOGNAME and SHELL for the jobs as `su` would.
+/// Throws std::runtime_error naming what failed.
+void become(const account& a);
+
+/// Paths the user must be able to write (or create) for jobs to run: each that it cannot, with
+/// the reason, as one line each. Call after become().
+std::vector<std::string> unwritable(const std::vector<std::filesystem::path>& paths);
+
+}  // namespace kiln::service

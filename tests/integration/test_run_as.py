@@ -1,0 +1,103 @@
+"""`user` in config.toml and `kiln run --user`: started as root, kiln becomes that user before
+any job, so the checkout, extracted artifacts and everything the scripts make belong to it, and
+no job runs as root. A user who cannot write where jobs work is refused at start, by path."""
+
+import io
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import unittest
+import uuid
+import zipfile
+
+from test_daemon import KILN, DaemonTestBase
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("useradd"),
+                     "needs root and useradd to make a user for the jobs")
+class RunAsUserTest(DaemonTestBase):
+    long_poll = 5
+
+    def setUp(self):
+        super().setUp()
+        self.name = "kiln" + uuid.uuid4().hex[:8]
+        # A place the user owns, as its home would be; the config's directory stays root's
+        # but can be passed through.
+        self.jobs_dir = tempfile.mkdtemp(prefix="kiln-run-as-")
+        self.addCleanup(shutil.rmtree, self.jobs_dir, ignore_errors=True)
+        subprocess.run(["useradd", "--system", "--home-dir", self.jobs_dir, "--shell", "/bin/sh",
+                        self.name], check=True)
+        self.addCleanup(subprocess.run, ["userdel", self.name], check=False)
+        self.uid = pwd.getpwnam(self.name).pw_uid
+        for d in (self.work, self.dir):
+            os.chmod(d, 0o711)
+        # kiln, as the user, must read the CA that verifies GitLab.
+        self.ca = os.path.join(self.jobs_dir, "ca.pem")
+        shutil.copy(self.gitlab.ca_file, self.ca)
+        os.chmod(self.ca, 0o644)
+
+    def block(self, token, builds):
+        return ("\n[[runners]]\n"
+                f'  name = "as-user"\n  url = "{self.gitlab.url}"\n  token = "{token}"\n'
+                f'  tls-ca-file = "{self.ca}"\n  executor = "shell"\n'
+                f'  builds_dir = "{builds}"\n'
+                f'  cache_dir = "{os.path.join(self.jobs_dir, "cache")}"\n')
+
+    def test_a_user_who_cannot_write_the_builds_dir_is_refused_at_start(self):
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        builds = os.path.join(self.dir, "builds")  # under root's 0711 directory
+        self.write_config([self.block(token, builds)], head=f'user = "{self.name}"\n')
+        self.start_kiln()
+        self.assertEqual(self.proc.wait(timeout=30), 1, self.kiln_log())
+        log = self.kiln_log()
+        self.assertIn(f"jobs run as user {self.name}, who cannot write where they work", log)
+        self.assertIn(builds, log)
+        self.assertIn("chown", log)
+        self.assertEqual(self.gitlab.requests(path="/api/v4/jobs/request"), [])
+
+    def test_jobs_run_as_the_user_and_own_what_they_make(self):
+        os.chown(self.jobs_dir, self.uid, -1)
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        builds = os.path.join(self.jobs_dir, "builds")
+        self.write_config([self.block(token, builds)])
+        # A dependency whose archive kiln downloads and extracts before the script.
+        dep = self.gitlab.enqueue_job(fixture="job_basic", tags=["nobody"])
+        data = io.BytesIO()
+        with zipfile.ZipFile(data, "w") as z:
+            z.writestr("dist/app", "v1\n")
+        self.gitlab.put_job_artifact(dep["id"], data.getvalue())
+        job = self.enqueue(token, [
+            "echo \"whoami=$(id -un) uid=$(id -u) home=$HOME\"",
+            "echo made > made-by-job",
+            "echo \"checkout=$(stat -c %U README.md) artifact=$(stat -c %U dist/app)\"",
+            "if touch /etc/kiln-run-as-test 2>/dev/null; then echo ROOT; else echo not-root; fi",
+        ], dependencies=[dep["id"]])
+        # The flag, as gitlab-runner's own unit passes it (with --service and --syslog).
+        self.start_kiln("--user", self.name, "--service", "gitlab-runner", "--syslog")
+        state = self.gitlab.wait_job_state(job["id"], timeout=60)
+        log = self.kiln_log()
+        self.assertEqual(state["state"], "success", state["trace"] + log)
+        trace = state["trace"]
+        self.assertIn(f"whoami={self.name} uid={self.uid} home={self.jobs_dir}", trace)
+        self.assertIn(f"checkout={self.name} artifact={self.name}", trace)
+        self.assertIn("not-root", trace)
+        self.assertFalse(os.path.exists("/etc/kiln-run-as-test"))
+        made = [os.path.join(r, "made-by-job") for r, _, files in os.walk(builds)
+                if "made-by-job" in files]
+        self.assertEqual(len(made), 1, made)
+        self.assertEqual(os.stat(made[0]).st_uid, self.uid)
+        # kiln itself runs as the user: no root process is left to touch the build tree.
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        self.assertEqual(set(uids), {str(self.uid)})
+        self.assertIn(f"running as user {self.name}", log)
+        # The config stayed root's (0644): kiln says what a reload or token renewal would need.
+        self.assertIn(f"user {self.name} cannot read and write {self.config}", log)
+        self.proc.send_signal(subprocess.signal.SIGQUIT)
+        self.assertEqual(self.proc.wait(timeout=30), 0, log)
+
+
+if __name__ == "__main__":
+    unittest.main()
