@@ -71,9 +71,13 @@ void switch_user(const std::string& name, const std::filesystem::path& config_pa
         throw command_error(msg);
     }
     log::info("running as user " + name, {{"uid", static_cast<long long>(a->uid)}});
-    if (::access(config_path.c_str(), R_OK | W_OK) != 0) {
-        log::warn("user " + name + " cannot read and write " + config_path.string() +
-                  ": reloads and token renewals will fail until it can (chown " + name + " it)");
+    // A renewed token is saved by writing a new file beside the config and renaming it.
+    const auto config_dir = config_path.parent_path();
+    if (::access(config_path.c_str(), R_OK | W_OK) != 0 ||
+        ::access(config_dir.c_str(), W_OK | X_OK) != 0) {
+        log::warn("user " + name + " cannot read and write " + config_path.string() + " or create "
+                  "files in " + config_dir.string() + ": reloads and token renewals will fail "
+                  "until it can (chown " + name + " both)");
     }
 }
 

@@ -94,7 +94,8 @@ class RunAsUserTest(DaemonTestBase):
         self.assertEqual(set(uids), {str(self.uid)})
         self.assertIn(f"running as user {self.name}", log)
         # The config stayed root's (0644): kiln says what a reload or token renewal would need.
-        self.assertIn(f"user {self.name} cannot read and write {self.config}", log)
+        self.assertIn(f"user {self.name} cannot read and write {self.config} or create files "
+                      f"in {self.dir}", log)
         self.proc.send_signal(subprocess.signal.SIGQUIT)
         self.assertEqual(self.proc.wait(timeout=30), 0, log)
 
