@@ -251,6 +251,8 @@ struct docker_executor::impl {
     std::vector<std::string> containers;  // ids, services first
     std::string build_id;
     std::string current;  // container running a stage
+    // Where the stages ran: handed back to kiln's user at cleanup when that is not root.
+    std::vector<std::filesystem::path> job_dirs;
     std::int64_t memory = 0;
     std::vector<std::string> image_ids_seen;
     bool cleaned = false;
@@ -763,6 +765,9 @@ asio::awaitable<stage_result> docker_executor::run_stage(stage_request request, 
     // so secrets do not show in `docker inspect`. The whole script is one function called on
     // its last line: if kiln dies mid-write the shell sees a syntax error and runs nothing
     // (docker-engine.md §4.1).
+    if (s.job_dirs.empty()) {
+        s.job_dirs = {request.working_directory, request.scratch_directory};
+    }
     std::string script = "kiln_stage() {\n";
     for (const auto& [k, v] : request.env) {
         if (is_identifier(k)) {
@@ -848,6 +853,21 @@ asio::awaitable<void> docker_executor::cleanup() {
         co_return;
     }
     s.cleaned = true;
+    if (!s.build_id.empty() && !s.job_dirs.empty() && ::geteuid() != 0) {
+        // The job's containers (root, as most images run) wrote into the bind-mounted
+        // checkout; kiln's next get_sources runs on the host as kiln's user and must be able
+        // to replace all of it. One more run of the build container gives it back.
+        std::string script = "chown -R " + std::to_string(::geteuid()) + ":" +
+                             std::to_string(::getegid()) + " --";
+        for (const auto& d : s.job_dirs) {
+            script += " " + shell_quote(d.string());
+        }
+        script += " 2>/dev/null || true\n";
+        stage_request give_back;
+        give_back.name = "give_back";
+        give_back.script = std::move(script);
+        co_await run_stage(std::move(give_back), [](std::string_view) {});
+    }
     // Build container last: services may still hold the network.
     for (auto it = s.containers.rbegin(); it != s.containers.rend(); ++it) {
         co_await s.remove_container(*it);

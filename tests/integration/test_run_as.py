@@ -99,6 +99,32 @@ class RunAsUserTest(DaemonTestBase):
         self.proc.send_signal(subprocess.signal.SIGQUIT)
         self.assertEqual(self.proc.wait(timeout=30), 0, log)
 
+    def test_docker_jobs_leave_the_checkout_to_the_user(self):
+        # Containers run as root and write into the bind-mounted checkout; the next job's
+        # get_sources runs on the host as the user and must still be able to remove it all.
+        subprocess.run(["usermod", "-aG", "docker", self.name], check=True)
+        os.chown(self.jobs_dir, self.uid, -1)
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        builds = os.path.join(self.jobs_dir, "builds")
+        self.write_config([self.block(token, builds).replace('executor = "shell"',
+                                                             'executor = "docker"') +
+                           '  [runners.docker]\n    image = "local/busybox"\n'
+                           '    pull_policy = ["if-not-present"]\n'])
+        self.start_kiln("--user", self.name)
+        first = self.enqueue(token, ["id -u", "mkdir -p out/deep && echo x > out/deep/f"])
+        state = self.gitlab.wait_job_state(first["id"], timeout=120)
+        self.assertEqual(state["state"], "success", state["trace"] + self.kiln_log())
+        self.assertIn("\n0\n", state["trace"])  # the container's user is root
+        made = [r for r, dirs, _ in os.walk(builds) if r.endswith("/out/deep")]
+        self.assertEqual(len(made), 1, made)
+        self.assertEqual(os.stat(made[0]).st_uid, self.uid)
+        self.assertEqual(os.stat(os.path.join(made[0], "f")).st_uid, self.uid)
+        second = self.enqueue(token, ["test ! -e out && echo fresh-checkout"], variables=[
+            {"key": "GIT_STRATEGY", "value": "clone", "public": True, "masked": False}])
+        state = self.gitlab.wait_job_state(second["id"], timeout=120)
+        self.assertEqual(state["state"], "success", state["trace"] + self.kiln_log())
+        self.assertIn("fresh-checkout", state["trace"])
+
 
 if __name__ == "__main__":
     unittest.main()
