@@ -1,5 +1,6 @@
 // kiln run: load the config, become the jobs' user if one is set, and hand over to the daemon.
 
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "config/paths.hpp"
@@ -99,6 +100,10 @@ int run_daemon(const global_options& g, const run_options& o) {
         if (!settings.user.empty()) {
             switch_user(settings.user, config_path, settings);
         }
+        // Shell jobs run as kiln's own user: without this they could attach to kiln (ptrace,
+        // /proc/PID/mem) and read every runner's token from its memory. Jobs themselves are
+        // dumpable again after their exec.
+        ::prctl(PR_SET_DUMPABLE, 0);
         daemon_options d;
         d.config_path = config_path;
         d.settings = std::move(settings);

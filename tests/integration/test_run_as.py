@@ -99,6 +99,33 @@ class RunAsUserTest(DaemonTestBase):
         self.proc.send_signal(subprocess.signal.SIGQUIT)
         self.assertEqual(self.proc.wait(timeout=30), 0, log)
 
+    def test_started_as_the_user_kiln_keeps_its_memory_from_jobs(self):
+        # As the package runs it (User=kiln): nothing to switch, and the jobs, which run as the
+        # same user, must not read the runner tokens out of kiln (ptrace, /proc/PID/mem).
+        os.chown(self.jobs_dir, self.uid, -1)
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        self.config = os.path.join(self.jobs_dir, "config.toml")
+        self.write_config([self.block(token, os.path.join(self.jobs_dir, "builds"))],
+                          head=f'user = "{self.name}"\n')
+        os.chown(self.config, self.uid, -1)
+        job = self.enqueue(token, [
+            "echo \"whoami=$(id -un)\"",
+            # The script's parent is kiln.
+            "if head -c1 /proc/$PPID/environ >/dev/null 2>&1; then echo kiln-readable; "
+            "else echo kiln-protected; fi",
+        ])
+        self.log = open(os.path.join(self.dir, "kiln.log"), "a")
+        self.proc = subprocess.Popen(
+            ["setpriv", f"--reuid={self.uid}", f"--regid={pwd.getpwnam(self.name).pw_gid}",
+             "--init-groups", KILN, "run", "--config", self.config],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.jobs_dir,
+            env={**os.environ, "HOME": self.jobs_dir, "USER": self.name, "LOGNAME": self.name})
+        state = self.gitlab.wait_job_state(job["id"], timeout=60)
+        self.assertEqual(state["state"], "success", state["trace"] + self.kiln_log())
+        self.assertIn(f"whoami={self.name}", state["trace"])
+        self.assertIn("kiln-protected", state["trace"])
+        self.assertNotIn("running as user", self.kiln_log())  # nothing to switch
+
     def test_docker_jobs_leave_the_checkout_to_the_user(self):
         # Containers run as root and write into the bind-mounted checkout; the next job's
         # get_sources runs on the host as the user and must still be able to remove it all.
