@@ -644,10 +644,11 @@ asio::awaitable<void> job_run::stages() {
     }
 
     section_start("cleanup_file_variables", "Cleaning up project directory and file based variables");
-    std::filesystem::remove_all(tmp_dir_, ec);
     if (docker_) {
+        // First: it gives back what the containers wrote (when kiln is not root).
         co_await docker_->cleanup();
     }
+    std::filesystem::remove_all(tmp_dir_, ec);
     section_end("cleanup_file_variables");
 
     if (stop_ == stop_reason::timeout) {

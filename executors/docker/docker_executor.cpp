@@ -259,6 +259,26 @@ struct docker_executor::impl {
 
     api_result fail(std::string m) { return api_result{0, std::move(m)}; }
 
+    // Rootless or userns-remapped engines: container root is not host root, so a chown inside
+    // would not make files kiln's (rootless: they already are).
+    asio::awaitable<bool> remaps_users() {
+        auto info = co_await client->call("GET", "/info");
+        if (!info.ok()) {
+            co_return true;  // unknown: leave the files as they are
+        }
+        auto j = json::parse(info.body, nullptr, false);
+        if (j.is_object() && j.contains("SecurityOptions") && j["SecurityOptions"].is_array()) {
+            for (const auto& o : j["SecurityOptions"]) {
+                const auto v = o.is_string() ? o.get<std::string>() : std::string();
+                if (v.find("name=rootless") != std::string::npos ||
+                    v.find("name=userns") != std::string::npos) {
+                    co_return true;
+                }
+            }
+        }
+        co_return false;
+    }
+
     std::string registry_auth(const std::string& image) const {
         const auto registry = registry_of(image);
         std::string user;
@@ -853,10 +873,12 @@ asio::awaitable<void> docker_executor::cleanup() {
         co_return;
     }
     s.cleaned = true;
-    if (!s.build_id.empty() && !s.job_dirs.empty() && ::geteuid() != 0) {
+    if (!s.build_id.empty() && !s.job_dirs.empty() && s.current.empty() && ::geteuid() != 0 &&
+        !co_await s.remaps_users()) {
         // The job's containers (root, as most images run) wrote into the bind-mounted
         // checkout; kiln's next get_sources runs on the host as kiln's user and must be able
-        // to replace all of it. One more run of the build container gives it back.
+        // to replace all of it. One more run of the build container gives it back, within a
+        // limit: the job may have left that container's shell broken or hanging.
         std::string script = "chown -R " + std::to_string(::geteuid()) + ":" +
                              std::to_string(::getegid()) + " --";
         for (const auto& d : s.job_dirs) {
@@ -866,7 +888,18 @@ asio::awaitable<void> docker_executor::cleanup() {
         stage_request give_back;
         give_back.name = "give_back";
         give_back.script = std::move(script);
+        auto limit = std::make_shared<asio::steady_timer>(s.ex, std::chrono::minutes(2));
+        asio::co_spawn(
+            s.ex,
+            [limit, client = s.client, id = s.build_id]() -> asio::awaitable<void> {
+                auto [ec] = co_await limit->async_wait(asio::as_tuple(asio::use_awaitable));
+                if (!ec) {
+                    co_await kill_container(client, id, SIGKILL);
+                }
+            },
+            [](std::exception_ptr) {});
         co_await run_stage(std::move(give_back), [](std::string_view) {});
+        limit->cancel();
     }
     // Build container last: services may still hold the network.
     for (auto it = s.containers.rbegin(); it != s.containers.rend(); ++it) {

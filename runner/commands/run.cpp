@@ -35,50 +35,59 @@ void switch_user(const std::string& name, const std::filesystem::path& config_pa
         case service::user_switch::become:
             break;
     }
-    // The manager's id is written now, while the config directory can be: as the user kiln
-    // could not, and GitLab would see a new manager at every start.
+    if (auto problem = service::config_trust_problem(config_path); !problem.empty()) {
+        throw command_error(problem);
+    }
+    // The manager's id is written now, while the config directory can be (it is root's): as
+    // the user kiln could not, and GitLab would see a new manager at every start.
     auto id = load_system_id(config_path);
     try {
         persist_system_id(config_path, id);
     } catch (const std::exception& e) {
         log::warn(e.what());
     }
-    const auto problems = service::hand_over(
-        *a, {spool::directory(config_path, s.spool_dir), prune::volume_marks_dir(config_path)},
-        {system_id_path(config_path)});
+    std::vector<std::filesystem::path> dirs{spool::directory(config_path, s.spool_dir),
+                                            prune::volume_marks_dir(config_path)};
+    for (const auto& r : s.runners) {
+        dirs.push_back(prune::builds_dir_of(r));
+        if (r.executor == "shell" || r.executor.empty()) {
+            dirs.push_back(prune::cache_dir_of(r));
+        }
+    }
+    const auto problems = service::hand_over(*a, dirs, {system_id_path(config_path)});
     if (!problems.empty()) {
-        throw command_error("cannot prepare for user " + name + ": " + problems.front());
+        std::string msg = "jobs run as user " + name + ", who must own where kiln and they work:";
+        for (const auto& p : problems) {
+            msg += "\n  " + p;
+        }
+        throw command_error(msg);
     }
     try {
         service::become(*a);
     } catch (const std::exception& e) {
         throw command_error(e.what());
     }
-    std::vector<std::filesystem::path> needed;
-    for (const auto& r : s.runners) {
-        needed.push_back(prune::builds_dir_of(r));
-        if (r.executor == "shell" || r.executor.empty()) {
-            needed.push_back(prune::cache_dir_of(r));
-        }
-    }
-    const auto unwritable = service::unwritable(needed);
+    // A directory the user owns can still lie below one it cannot pass.
+    const auto unwritable = service::unwritable(dirs);
     if (!unwritable.empty()) {
         std::string msg = "jobs run as user " + name + ", who cannot write where they work:";
         for (const auto& p : unwritable) {
             msg += "\n  " + p;
         }
-        msg += "\ngive these directories to " + name + " (chown) or point builds_dir/cache_dir "
+        msg += "\nlet " + name + " reach these directories, or point builds_dir/cache_dir "
                "elsewhere";
         throw command_error(msg);
     }
     log::info("running as user " + name, {{"uid", static_cast<long long>(a->uid)}});
-    // A renewed token is saved by writing a new file beside the config and renaming it.
-    const auto config_dir = config_path.parent_path();
-    if (::access(config_path.c_str(), R_OK | W_OK) != 0 ||
-        ::access(config_dir.c_str(), W_OK | X_OK) != 0) {
-        log::warn("user " + name + " cannot read and write " + config_path.string() + " or create "
-                  "files in " + config_dir.string() + ": reloads and token renewals will fail "
-                  "until it can (chown " + name + " both)");
+    // The config stays root's (checked above): from now on kiln can at most read it.
+    const std::string rest = "a runner token GitLab renews cannot be saved to it, so where GitLab "
+                             "rotates runner tokens, start kiln as " + name +
+                             " itself (kiln install --user " + name + ") with the config its own";
+    if (::access(config_path.c_str(), R_OK) == 0) {
+        log::warn(config_path.string() + " stays root's: reloads work, but " + rest);
+    } else {
+        log::warn("user " + name + " cannot read " + config_path.string() +
+                  ": reloads need a restart, and " + rest);
     }
 }
 

@@ -1,6 +1,5 @@
 #include "runner/service/run_as.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
@@ -56,40 +55,66 @@ std::string errno_text(const std::string& what, const std::filesystem::path& p) 
 
 }  // namespace
 
+std::string config_trust_problem(const std::filesystem::path& config) {
+    for (const auto& p : {config, config.parent_path()}) {
+        struct stat st {};
+        if (::lstat(p.c_str(), &st) != 0) {
+            return errno_text("cannot inspect", p);
+        }
+        if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+            return p.string() + " can be changed by users other than root, and kiln, started as " +
+                   "root, would trust it: make it root's (chown root, chmod go-w), or start kiln " +
+                   "as the jobs' user instead";
+        }
+    }
+    return {};
+}
+
 std::vector<std::string> hand_over(const account& a, const std::vector<std::filesystem::path>& dirs,
                                    const std::vector<std::filesystem::path>& files) {
     std::vector<std::string> problems;
-    for (const auto& f : files) {
-        if (::lchown(f.c_str(), a.uid, a.gid) != 0 && errno != ENOENT) {
-            problems.push_back(errno_text("cannot give to " + a.name + ":", f));
-        }
-    }
     for (const auto& dir : dirs) {
-        if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+        std::error_code ec;
+        if (dir.has_parent_path()) {
+            std::filesystem::create_directories(dir.parent_path(), ec);
+        }
+        const bool made = ::mkdir(dir.c_str(), 0700) == 0;
+        if (!made && errno != EEXIST) {
             problems.push_back(errno_text("cannot create", dir));
             continue;
         }
         const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (dfd < 0) {
-            problems.push_back(errno_text("cannot open", dir));
+        struct stat st {};
+        if (dfd < 0 || ::fstat(dfd, &st) != 0) {
+            problems.push_back(errno_text("cannot open the directory", dir));
+        } else if (made) {
+            if (::fchown(dfd, a.uid, a.gid) != 0) {
+                problems.push_back(errno_text("cannot give to " + a.name + ":", dir));
+            }
+        } else if (st.st_uid != a.uid) {
+            problems.push_back(dir.string() + " exists and belongs to uid " +
+                               std::to_string(st.st_uid) + ": give it to " + a.name +
+                               " (chown -R " + a.name + " " + dir.string() + ") or remove it");
+        }
+        if (dfd >= 0) {
+            ::close(dfd);
+        }
+    }
+    for (const auto& f : files) {
+        const int fd = ::open(f.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) {
+            if (errno != ENOENT) {
+                problems.push_back(errno_text("cannot open", f));
+            }
             continue;
         }
-        if (::fchown(dfd, a.uid, a.gid) != 0) {
-            problems.push_back(errno_text("cannot give to " + a.name + ":", dir));
+        struct stat st {};
+        if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+            problems.push_back(f.string() + " is not a plain file with one link: remove it");
+        } else if (::fchown(fd, a.uid, a.gid) != 0) {
+            problems.push_back(errno_text("cannot give to " + a.name + ":", f));
         }
-        // Entries a root kiln left (spooled states, marks): regular files only, by name in
-        // this directory, never through a link.
-        if (DIR* d = ::fdopendir(::dup(dfd))) {
-            while (dirent* e = ::readdir(d)) {
-                struct stat st {};
-                if (::fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
-                    ::fchownat(dfd, e->d_name, a.uid, a.gid, AT_SYMLINK_NOFOLLOW) != 0) {
-                    problems.push_back(errno_text("cannot give to " + a.name + ":", dir / e->d_name));
-                }
-            }
-            ::closedir(d);
-        }
-        ::close(dfd);
+        ::close(fd);
     }
     return problems;
 }

@@ -33,10 +33,16 @@ user_switch plan_user_switch(uid_t euid, uid_t target);
 /// The account from the user database (NSS); nullopt and `error` set when there is none.
 std::optional<account> find_account(const std::string& name, std::string& error);
 
-/// Before becoming `a`: the directories kiln writes to after start (the spool, the Docker
-/// cache volume marks) are created if missing and handed to `a`, with the files in them, and
-/// so are `files` that exist (never following a symbolic link). Errors are returned as
-/// messages, one per path.
+/// Started as root, kiln trusts the config it reads; as the jobs' user is about to be able to
+/// write what kiln hands it, a config that anyone but root can change would let that user
+/// steer the next root start. "" or why `config` is not safe (the file or its directory).
+std::string config_trust_problem(const std::filesystem::path& config);
+
+/// Before becoming `a`: each directory kiln (as `a`) writes to is made if missing and given to
+/// `a`; one that exists must already be `a`'s, since giving away a directory that is there
+/// (and what is in it) could hand over root's files. `files` that exist are given to `a`
+/// when they are plain files with one link (never through a symbolic or hard link). Returns
+/// one message per path that is not right, saying what to do.
 std::vector<std::string> hand_over(const account& a, const std::vector<std::filesystem::path>& dirs,
                                    const std::vector<std::filesystem::path>& files);
 

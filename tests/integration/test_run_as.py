@@ -45,17 +45,57 @@ class RunAsUserTest(DaemonTestBase):
                 f'  builds_dir = "{builds}"\n'
                 f'  cache_dir = "{os.path.join(self.jobs_dir, "cache")}"\n')
 
-    def test_a_user_who_cannot_write_the_builds_dir_is_refused_at_start(self):
-        token = self.gitlab.create_runner(kind="glrt")["token"]
-        builds = os.path.join(self.dir, "builds")  # under root's 0711 directory
-        self.write_config([self.block(token, builds)], head=f'user = "{self.name}"\n')
-        self.start_kiln()
+    def refused(self, *expected):
         self.assertEqual(self.proc.wait(timeout=30), 1, self.kiln_log())
         log = self.kiln_log()
-        self.assertIn(f"jobs run as user {self.name}, who cannot write where they work", log)
-        self.assertIn(builds, log)
-        self.assertIn("chown", log)
+        for text in expected:
+            self.assertIn(text, log)
         self.assertEqual(self.gitlab.requests(path="/api/v4/jobs/request"), [])
+        return log
+
+    def test_directories_root_left_are_not_given_away_but_named(self):
+        # An earlier root kiln's builds, and a spool_dir pointing at a directory of root's:
+        # kiln gives away only what it makes itself, and says what to chown.
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        builds = os.path.join(self.dir, "builds")
+        os.makedirs(os.path.join(builds, "old"))
+        spool = os.path.join(self.dir, "roots")
+        os.makedirs(spool)
+        secret = os.path.join(spool, "secret")
+        with open(secret, "w") as f:
+            f.write("root's\n")
+        self.write_config([self.block(token, builds)],
+                          head=f'user = "{self.name}"\nspool_dir = "{spool}"\n')
+        self.start_kiln()
+        self.refused(f"{builds} exists and belongs to uid 0: give it to {self.name} "
+                     f"(chown -R {self.name} {builds})",
+                     f"{spool} exists and belongs to uid 0")
+        for p in (builds, os.path.join(builds, "old"), spool, secret):
+            self.assertEqual(os.stat(p).st_uid, 0, p)
+
+    def test_a_config_the_user_could_change_is_refused_by_a_root_start(self):
+        os.chown(self.jobs_dir, self.uid, -1)
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        self.config = os.path.join(self.jobs_dir, "config.toml")
+        self.write_config([self.block(token, os.path.join(self.jobs_dir, "builds"))],
+                          head=f'user = "{self.name}"\n')
+        self.start_kiln()
+        self.refused(f"{self.jobs_dir} can be changed by users other than root")
+
+    def test_another_user_cannot_switch(self):
+        token = self.gitlab.create_runner(kind="glrt")["token"]
+        self.write_config([self.block(token, os.path.join(self.jobs_dir, "builds"))])
+        os.chmod(self.config, 0o644)
+        self.log = open(os.path.join(self.dir, "kiln.log"), "a")
+        self.proc = subprocess.Popen(
+            ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid_gid()}", "--init-groups",
+             KILN, "run", "--config", self.config, "--user", "root"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.jobs_dir)
+        self.refused(f"jobs are to run as user root, but kiln runs as uid {self.uid} and cannot "
+                     "switch")
+
+    def uid_gid(self):
+        return pwd.getpwnam(self.name).pw_gid
 
     def test_jobs_run_as_the_user_and_own_what_they_make(self):
         os.chown(self.jobs_dir, self.uid, -1)
@@ -93,9 +133,11 @@ class RunAsUserTest(DaemonTestBase):
             uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
         self.assertEqual(set(uids), {str(self.uid)})
         self.assertIn(f"running as user {self.name}", log)
-        # The config stayed root's (0644): kiln says what a reload or token renewal would need.
-        self.assertIn(f"user {self.name} cannot read and write {self.config} or create files "
-                      f"in {self.dir}", log)
+        # The config stays root's (0644): kiln says what that means for renewed tokens.
+        self.assertIn(f"{self.config} stays root's: reloads work, but a runner token GitLab "
+                      "renews cannot be saved to it", log)
+        # What kiln made for the user: its spool (the final state went through it).
+        self.assertEqual(os.stat(os.path.join(self.dir, "spool")).st_uid, self.uid)
         self.proc.send_signal(subprocess.signal.SIGQUIT)
         self.assertEqual(self.proc.wait(timeout=30), 0, log)
 
@@ -116,7 +158,7 @@ class RunAsUserTest(DaemonTestBase):
         ])
         self.log = open(os.path.join(self.dir, "kiln.log"), "a")
         self.proc = subprocess.Popen(
-            ["setpriv", f"--reuid={self.uid}", f"--regid={pwd.getpwnam(self.name).pw_gid}",
+            ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid_gid()}",
              "--init-groups", KILN, "run", "--config", self.config],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=self.jobs_dir,
             env={**os.environ, "HOME": self.jobs_dir, "USER": self.name, "LOGNAME": self.name})
