@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -260,23 +261,30 @@ struct docker_executor::impl {
     api_result fail(std::string m) { return api_result{0, std::move(m)}; }
 
     // Rootless or userns-remapped engines: container root is not host root, so a chown inside
-    // would not make files kiln's (rootless: they already are).
+    // would not make files kiln's (rootless: they already are). /info is one of the engine's
+    // slower calls and the mode changes only with a restart of the engine, so each engine is
+    // asked once (the I/O thread is the only caller).
     asio::awaitable<bool> remaps_users() {
+        static std::map<std::string, bool> known;  // by socket path
+        const auto socket = docker_socket_path(settings.host);
+        if (auto it = known.find(socket); it != known.end()) {
+            co_return it->second;
+        }
         auto info = co_await client->call("GET", "/info");
         if (!info.ok()) {
-            co_return true;  // unknown: leave the files as they are
+            co_return true;  // unknown: leave the files as they are, ask again next time
         }
+        bool remaps = false;
         auto j = json::parse(info.body, nullptr, false);
         if (j.is_object() && j.contains("SecurityOptions") && j["SecurityOptions"].is_array()) {
             for (const auto& o : j["SecurityOptions"]) {
                 const auto v = o.is_string() ? o.get<std::string>() : std::string();
-                if (v.find("name=rootless") != std::string::npos ||
-                    v.find("name=userns") != std::string::npos) {
-                    co_return true;
-                }
+                remaps = remaps || v.find("name=rootless") != std::string::npos ||
+                         v.find("name=userns") != std::string::npos;
             }
         }
-        co_return false;
+        known[socket] = remaps;
+        co_return remaps;
     }
 
     std::string registry_auth(const std::string& image) const {

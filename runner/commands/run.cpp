@@ -3,6 +3,8 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <set>
+
 #include "config/paths.hpp"
 #include "runner/commands/common.hpp"
 #include "runner/daemon.hpp"
@@ -15,6 +17,13 @@
 namespace kiln::commands {
 
 namespace {
+
+std::string with_lines(std::string head, const std::vector<std::string>& lines) {
+    for (const auto& l : lines) {
+        head += "\n  " + l;
+    }
+    return head;
+}
 
 // `user` (or --user): see runner/service/run_as.hpp.
 void switch_user(const std::string& name, const std::filesystem::path& config_path,
@@ -46,37 +55,31 @@ void switch_user(const std::string& name, const std::filesystem::path& config_pa
     } catch (const std::exception& e) {
         log::warn(e.what());
     }
-    std::vector<std::filesystem::path> dirs{spool::directory(config_path, s.spool_dir),
+    // Runners usually share their builds and cache directories.
+    std::set<std::filesystem::path> dir_set{spool::directory(config_path, s.spool_dir),
                                             prune::volume_marks_dir(config_path)};
     for (const auto& r : s.runners) {
-        dirs.push_back(prune::builds_dir_of(r));
-        if (r.executor == "shell" || r.executor.empty()) {
-            dirs.push_back(prune::cache_dir_of(r));
+        dir_set.insert(prune::builds_dir_of(r));
+        if (r.executor != "docker") {
+            dir_set.insert(prune::cache_dir_of(r));
         }
     }
+    const std::vector<std::filesystem::path> dirs(dir_set.begin(), dir_set.end());
     const auto problems = service::hand_over(*a, dirs, {system_id_path(config_path)});
     if (!problems.empty()) {
-        std::string msg = "jobs run as user " + name + ", who must own where kiln and they work:";
-        for (const auto& p : problems) {
-            msg += "\n  " + p;
-        }
-        throw command_error(msg);
+        throw command_error(with_lines(
+            "jobs run as user " + name + ", who must own where kiln and they work:", problems));
     }
     try {
         service::become(*a);
     } catch (const std::exception& e) {
         throw command_error(e.what());
     }
-    // A directory the user owns can still lie below one it cannot pass.
-    const auto unwritable = service::unwritable(dirs);
-    if (!unwritable.empty()) {
-        std::string msg = "jobs run as user " + name + ", who cannot write where they work:";
-        for (const auto& p : unwritable) {
-            msg += "\n  " + p;
-        }
-        msg += "\nlet " + name + " reach these directories, or point builds_dir/cache_dir "
-               "elsewhere";
-        throw command_error(msg);
+    if (const auto out_of_reach = service::unreachable(dirs); !out_of_reach.empty()) {
+        throw command_error(
+            with_lines("jobs run as user " + name + ", who cannot write where they work:",
+                       out_of_reach) +
+            "\nlet " + name + " reach these directories, or point builds_dir/cache_dir elsewhere");
     }
     log::info("running as user " + name, {{"uid", static_cast<long long>(a->uid)}});
     // The config stays root's (checked above): from now on kiln can at most read it.

@@ -142,21 +142,11 @@ void become(const account& a) {
     ::setenv("SHELL", a.shell.c_str(), 1);
 }
 
-std::vector<std::string> unwritable(const std::vector<std::filesystem::path>& paths) {
+std::vector<std::string> unreachable(const std::vector<std::filesystem::path>& dirs) {
     std::vector<std::string> out;
-    for (const auto& p : paths) {
-        // The directory, or the nearest one above it that exists (it gets created there).
-        auto probe = std::filesystem::absolute(p);
-        std::error_code ec;
-        while (!std::filesystem::exists(probe, ec) && probe.has_parent_path() &&
-               probe != probe.parent_path()) {
-            probe = probe.parent_path();
-        }
-        if (::access(probe.c_str(), W_OK | X_OK) != 0) {
-            out.push_back(p.string() + (probe == std::filesystem::absolute(p)
-                                            ? std::string(" is not writable")
-                                            : " cannot be created in " + probe.string()) +
-                          ": " + std::strerror(errno));
+    for (const auto& d : dirs) {
+        if (::access(d.c_str(), W_OK | X_OK) != 0) {
+            out.push_back(d.string() + ": " + std::strerror(errno));
         }
     }
     return out;

@@ -51,8 +51,8 @@ std::vector<std::string> hand_over(const account& a, const std::vector<std::file
 /// Throws std::runtime_error naming what failed.
 void become(const account& a);
 
-/// Paths the user must be able to write (or create) for jobs to run: each that it cannot, with
-/// the reason, as one line each. Call after become().
-std::vector<std::string> unwritable(const std::vector<std::filesystem::path>& paths);
+/// The directories hand_over gave that the user still cannot write into (one below a
+/// directory it cannot pass), with the reason, a line each. Call after become().
+std::vector<std::string> unreachable(const std::vector<std::filesystem::path>& dirs);
 
 }  // namespace kiln::service

@@ -86,16 +86,17 @@ class RunAsUserTest(DaemonTestBase):
         token = self.gitlab.create_runner(kind="glrt")["token"]
         self.write_config([self.block(token, os.path.join(self.jobs_dir, "builds"))])
         os.chmod(self.config, 0o644)
-        self.log = open(os.path.join(self.dir, "kiln.log"), "a")
-        self.proc = subprocess.Popen(
-            ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid_gid()}", "--init-groups",
-             KILN, "run", "--config", self.config, "--user", "root"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.jobs_dir)
+        self.start_kiln_as_user("--user", "root")
         self.refused(f"jobs are to run as user root, but kiln runs as uid {self.uid} and cannot "
                      "switch")
 
-    def uid_gid(self):
-        return pwd.getpwnam(self.name).pw_gid
+    def start_kiln_as_user(self, *args, **popen):
+        """kiln started by the user itself (not by root), as the package's unit does."""
+        self.log = open(os.path.join(self.dir, "kiln.log"), "a")
+        self.proc = subprocess.Popen(
+            ["setpriv", f"--reuid={self.uid}", f"--regid={pwd.getpwnam(self.name).pw_gid}",
+             "--init-groups", KILN, "run", "--config", self.config, *args],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.jobs_dir, **popen)
 
     def test_jobs_run_as_the_user_and_own_what_they_make(self):
         os.chown(self.jobs_dir, self.uid, -1)
@@ -156,11 +157,7 @@ class RunAsUserTest(DaemonTestBase):
             "if head -c1 /proc/$PPID/environ >/dev/null 2>&1; then echo kiln-readable; "
             "else echo kiln-protected; fi",
         ])
-        self.log = open(os.path.join(self.dir, "kiln.log"), "a")
-        self.proc = subprocess.Popen(
-            ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid_gid()}",
-             "--init-groups", KILN, "run", "--config", self.config],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.jobs_dir,
+        self.start_kiln_as_user(
             env={**os.environ, "HOME": self.jobs_dir, "USER": self.name, "LOGNAME": self.name})
         state = self.gitlab.wait_job_state(job["id"], timeout=60)
         self.assertEqual(state["state"], "success", state["trace"] + self.kiln_log())
