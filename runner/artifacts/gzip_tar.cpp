@@ -20,6 +20,7 @@
 #include "runner/artifacts/deflate.hpp"
 #include "runner/artifacts/utf8_locale.hpp"
 #include "runner/artifacts/zip_format.hpp"
+#include "runner/util/crc32.hpp"
 
 namespace kiln::artifacts {
 
@@ -124,7 +125,7 @@ archive_stats gzip_file(const std::filesystem::path& source, const std::filesyst
             std::size_t m = n == piece_size ? read_some(in.fd, source, next.data(), piece_size) : 0;
             bool last = m == 0;
             std::span<const unsigned char> data(buf.data() + dict_len, n);
-            crc = libdeflate_crc32(crc, data.data(), data.size());
+            crc = util::crc32_update(crc, data.data(), data.size());
             total += n;
             packed.clear();
             d.compress_piece(std::span<const unsigned char>(buf.data(), dict_len), data, last, packed);

@@ -32,6 +32,7 @@
 #include "runner/artifacts/archive_metrics.hpp"
 #include "runner/artifacts/deflate.hpp"
 #include "runner/artifacts/zip_format.hpp"
+#include "runner/util/crc32.hpp"
 
 namespace kiln::artifacts {
 
@@ -228,7 +229,7 @@ private:
             // its listed size.
             p.in_len = static_cast<std::uint32_t>(read_full(fd.fd, p.path(), data, p.want, p.offset));
             if (p.whole) {
-                p.crc = libdeflate_crc32(0, data, p.in_len);
+                p.crc = util::crc32_update(0, data, p.in_len);
                 if (sha) {
                     sha->update(data, p.in_len);
                     p.sha = sha->finish();
@@ -453,14 +454,14 @@ private:
                     throw std::runtime_error(p.path() + " changed while it was archived; archive it again when it is complete");
                 std::size_t keep = std::min<std::size_t>(dict_capacity, p.in_len);
                 carry_.assign(in + p.in_len - keep, in + p.in_len);
-                r.crc = libdeflate_crc32(r.crc, in, p.in_len);
+                r.crc = util::crc32_update(r.crc, in, p.in_len);
                 if (sha_) sha_->update(in, p.in_len);
             }
             r.size += p.in_len;
         }
         if (p.whole) {
             if (S_ISLNK(r.mode)) {
-                r.crc = libdeflate_crc32(0, r.link_target.data(), r.link_target.size());
+                r.crc = util::crc32_update(0, r.link_target.data(), r.link_target.size());
                 r.size = r.link_target.size();
                 r.compressed = r.size;
                 detail::zip::write_local_header(out_, r);
@@ -501,7 +502,7 @@ private:
         r.mtime = std::time(nullptr);
         r.offset = out_.offset();
         auto in = std::span(reinterpret_cast<const unsigned char*>(g.content.data()), g.content.size());
-        r.crc = libdeflate_crc32(0, in.data(), in.size());
+        r.crc = util::crc32_update(0, in.data(), in.size());
         r.size = in.size();
         detail::byte_vector packed;
         detail::deflater d(options_.level);

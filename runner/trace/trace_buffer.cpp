@@ -1,7 +1,6 @@
 #include "runner/trace/trace_buffer.hpp"
 
 #include <fcntl.h>
-#include <libdeflate.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +9,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include "runner/util/crc32.hpp"
 
 namespace kiln::trace {
 namespace {
@@ -163,7 +164,7 @@ void trace_buffer::commit(std::string_view bytes) {
 }
 
 void trace_buffer::append(std::string_view bytes) {
-    crc_ = libdeflate_crc32(crc_, bytes.data(), bytes.size());
+    crc_ = util::crc32_update(crc_, bytes.data(), bytes.size());
     size_ += bytes.size();
     spool_.append(bytes, fast_);
 }
