@@ -16,6 +16,8 @@
 // --runs times; the median is printed.
 //
 //   trace_path_bench [--mb 100] [--runs 5] [--stage read|trace|send|full|all] [--plain]
+//                    [--copy-reads]   (the job's pipe read into a buffer of the reader's own, as
+//                                      before output was read straight into the spool block)
 
 #include <sys/resource.h>
 
@@ -60,6 +62,7 @@ struct options {
     int runs = 5;
     std::string stage = "all";
     bool plain = false;
+    bool copy_reads = false;  // the job's output read into a buffer of its own and copied
     std::string input;  // random bytes, 3/4 of the log's size
 };
 
@@ -115,7 +118,7 @@ asio::awaitable<void> run_stage(const std::string& stage, const options& o,
     const auto server_before = server.cpu_time();
     const auto switches_before = context_switches();
     kiln::executors::child_process job(ex, spec);
-    auto status = co_await job.run([&](kiln::executors::output_stream, std::string_view s) {
+    kiln::executors::output_sink sink([&](kiln::executors::output_stream, std::string_view s) {
         read_bytes += s.size();
         if (traced) {
             buffer.write(kiln::trace::source::job_stdout, s);
@@ -123,6 +126,17 @@ asio::awaitable<void> run_stage(const std::string& stage, const options& o,
             first.append(s.substr(0, 1024 * 1024 - first.size()));
         }
     });
+    if (traced && !o.copy_reads) {
+        // As job.cpp does: fast output is read straight into the spool block.
+        sink.place_with({[&](kiln::executors::output_stream, std::size_t max) {
+                             return buffer.prepare(kiln::trace::source::job_stdout, max);
+                         },
+                         [&](kiln::executors::output_stream, std::size_t n) {
+                             read_bytes += n;
+                             buffer.placed(kiln::trace::source::job_stdout, n);
+                         }});
+    }
+    auto status = co_await job.run(std::move(sink));
     if (status.exit_code != 0) {
         result.error = "the job failed";
         co_return;
@@ -175,10 +189,12 @@ int main(int argc, char** argv) {
             o.stage = argv[++i];
         } else if (a == "--plain") {
             o.plain = true;
+        } else if (a == "--copy-reads") {
+            o.copy_reads = true;
         } else {
             std::fprintf(stderr,
                          "usage: trace_path_bench [--mb 100] [--runs 5] "
-                         "[--stage read|trace|send|full|all] [--plain]\n");
+                         "[--stage read|trace|send|full|all] [--plain] [--copy-reads]\n");
             return 2;
         }
     }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -56,8 +57,28 @@ public:
     void operator()(std::string_view bytes) const { f_(output_stream::stdout_stream, bytes); }
     void operator()(output_stream stream, std::string_view bytes) const { f_(stream, bytes); }
 
+    /// A receiver that keeps the bytes (the job's trace) may offer where the next read of a
+    /// stream goes, so that a reader can put them there and nothing copies them again:
+    /// space(stream, max) is that place, or empty (read elsewhere and call the sink), and
+    /// placed(stream, n) takes the n bytes read to its start. The read happens right after
+    /// space(), with nothing given to the sink in between. Readers that cannot (framed streams)
+    /// just call the sink.
+    struct placement {
+        std::function<std::span<char>(output_stream, std::size_t)> space;
+        std::function<void(output_stream, std::size_t)> placed;
+    };
+    output_sink& place_with(placement p) {
+        placement_ = std::move(p);
+        return *this;
+    }
+    std::span<char> space(output_stream stream, std::size_t max) const {
+        return placement_.space ? placement_.space(stream, max) : std::span<char>{};
+    }
+    void placed(output_stream stream, std::size_t n) const { placement_.placed(stream, n); }
+
 private:
     function f_;
+    placement placement_;
 };
 
 class executor {

@@ -311,13 +311,22 @@ asio::awaitable<executors::stage_result> job_run::run_stage(executors::executor&
     req.scratch_directory = tmp_dir_;
     running_ = &exec;
     req.separate_stderr = buffer_.timestamps();  // stderr lines are marked E
-    auto result = co_await exec.run_stage(
-        std::move(req), [this](executors::output_stream stream, std::string_view s) {
-            buffer_.write(stream == executors::output_stream::stderr_stream
-                              ? trace::source::job_stderr
-                              : trace::source::job_stdout,
-                          s);
+    const auto from = [](executors::output_stream stream) {
+        return stream == executors::output_stream::stderr_stream ? trace::source::job_stderr
+                                                                 : trace::source::job_stdout;
+    };
+    executors::output_sink sink(
+        [this, from](executors::output_stream stream, std::string_view s) {
+            buffer_.write(from(stream), s);
         });
+    // A fast job's output is read straight into the trace's spool (shell executor).
+    sink.place_with({[this, from](executors::output_stream stream, std::size_t max) {
+                         return buffer_.prepare(from(stream), max);
+                     },
+                     [this, from](executors::output_stream stream, std::size_t n) {
+                         buffer_.placed(from(stream), n);
+                     }});
+    auto result = co_await exec.run_stage(std::move(req), std::move(sink));
     buffer_.end_job_output();
     running_ = nullptr;
     kill_timer_.cancel();

@@ -7,7 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
+#include <memory>
+#include <span>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -166,21 +167,46 @@ asio::awaitable<exit_status> child_process::run(output_sink sink) {
 
     auto read_all = [&](asio::posix::stream_descriptor& pipe,
                         output_stream stream) -> asio::awaitable<void> {
-        std::array<char, read_size> buf;
+        // Read with read(2) after waiting for the pipe, not with async_read_some: the bytes go
+        // where the sink offers (the trace's spool block) and that place must not change while
+        // a read is pending. Only a sink without one gets this buffer.
+        std::unique_ptr<char[]> own;
         asio::steady_timer pause(pipe.get_executor());
         // Bytes read since the pipe was last found drained, and when that was.
         auto since = std::chrono::steady_clock::now();
         std::size_t window = 0;
+        ::fcntl(pipe.native_handle(), F_SETFL, ::fcntl(pipe.native_handle(), F_GETFL) | O_NONBLOCK);
         for (;;) {
-            auto [ec, n] = co_await pipe.async_read_some(asio::buffer(buf), use_tuple);
-            if (n > 0) {
-                sink(stream, std::string_view(buf.data(), n));
+            std::span<char> to = sink.space(stream, read_size);
+            const bool placed = !to.empty();
+            if (!placed) {
+                if (!own) {
+                    own = std::make_unique_for_overwrite<char[]>(read_size);
+                }
+                to = {own.get(), read_size};
             }
-            if (ec) {
+            const ssize_t r = ::read(pipe.native_handle(), to.data(), to.size());
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                auto [ec] = co_await pipe.async_wait(asio::posix::descriptor_base::wait_read, use_tuple);
+                if (ec) {
+                    co_return;
+                }
+                continue;
+            }
+            if (r <= 0) {
                 co_return;  // EOF: every writer is gone
             }
+            const auto n = static_cast<std::size_t>(r);
+            if (placed) {
+                sink.placed(stream, n);
+            } else {
+                sink(stream, std::string_view(to.data(), n));
+            }
             window += n;
-            if (n == buf.size()) {
+            if (n == to.size()) {
                 continue;  // more is waiting: read on at once
             }
             const auto now = std::chrono::steady_clock::now();

@@ -402,7 +402,9 @@ void spool_file::append(std::string_view bytes, bool fast) {
     while (!bytes.empty()) {
         auto& b = writable(fast);
         const std::size_t n = std::min(bytes.size(), b.limit - b.used);
-        std::memcpy(b.data() + b.used, bytes.data(), n);
+        if (b.data() + b.used != bytes.data()) {
+            std::memcpy(b.data() + b.used, bytes.data(), n);
+        }
         b.used += n;
         size_ += n;
         bytes.remove_prefix(n);
@@ -410,6 +412,28 @@ void spool_file::append(std::string_view bytes, bool fast) {
             submit_back();
         }
     }
+}
+
+std::span<char> spool_file::prepare(std::size_t reserve, std::size_t min) {
+    if (fd_ < 0 || failed_ || synced_ || !was_fast_) {
+        return {};
+    }
+    auto& b = writable(true);
+    if (b.limit - b.used < reserve + min) {
+        return {};
+    }
+    return {b.data() + b.used + reserve, b.limit - b.used - reserve};
+}
+
+std::span<char> spool_file::free_space() const {
+    if (blocks_.empty()) {
+        return {};
+    }
+    const auto& b = *blocks_.back();
+    if (b.state.load(std::memory_order_relaxed) != filling || b.used >= b.limit) {
+        return {};
+    }
+    return {b.data() + b.used, b.limit - b.used};
 }
 
 spool_file::read_plan spool_file::plan_read(std::size_t offset, std::size_t max) const {

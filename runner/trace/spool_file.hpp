@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <deque>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,8 +48,17 @@ public:
     bool direct() const { return align_ > 1; }
     std::size_t size() const { return size_; }
 
-    /// `fast`: the output comes in large writes; blocks are large while it does.
+    /// `fast`: the output comes in large writes; blocks are large while it does. Bytes that
+    /// already lie where they go (placed in the space prepare() gave) are not copied.
     void append(std::string_view bytes, bool fast);
+
+    /// While output comes fast: room in the block being filled, from `reserve` bytes past
+    /// what it holds, for output to be read straight into before it is appended. Empty when
+    /// there is less than `min` of it, the output is slow, or bytes do not go to a file.
+    std::span<char> prepare(std::size_t reserve, std::size_t min);
+    /// The free part of the block being filled: where append() puts the next byte, and how far
+    /// that block goes. Empty when no block is being filled.
+    std::span<char> free_space() const;
 
     /// Up to `max` bytes from `offset` (fewer at the end, or none after a read error). `keep`
     /// holds the memory `bytes` points to; a view of a block still in memory is not copied.

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <system_error>
 #include <cstdio>
@@ -19,6 +20,9 @@ namespace {
 // spool then fills large blocks.
 constexpr std::size_t fast_write = 32 * 1024;
 constexpr int burst_end_writes = 8;
+// Least room in the spool block worth reading into (prepare()); less, and the read goes
+// through write() and fills the block's end.
+constexpr std::size_t min_room = 4096;
 
 masking_totals totals;
 
@@ -89,6 +93,43 @@ void trace_buffer::write(source from, std::string_view data) {
     totals.nanoseconds += static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
             .count());
+}
+
+std::span<char> trace_buffer::prepare(source from, std::size_t max) {
+    prepared_ = {};
+    if (timestamps_ || truncated_ || !fast_) {
+        return {};
+    }
+    // The held-back bytes come out first, in front of the new ones: room is left for them.
+    const auto& l = lane_for(from);
+    const std::size_t reserve = l.mask.held_bytes() + utf8_.held_bytes();
+    auto room = spool_.prepare(reserve, min_room);
+    prepared_ = room.first(std::min(room.size(), max));
+    return prepared_;
+}
+
+void trace_buffer::placed(source from, std::size_t n) {
+    assert(n <= prepared_.size());
+    const std::string_view data(prepared_.data(), n);
+    prepared_ = {};
+    if (n < fast_write && small_writes_ + 1 >= burst_end_writes) {
+        // This read ends the burst, and the spool then rearranges the block these bytes lie
+        // in: take them out of it first.
+        const std::string copy(data);
+        write(from, copy);
+        return;
+    }
+    raw_ = data;
+    write(from, data);
+    raw_ = {};
+    if (set_aside_) {
+        set_aside_ = false;
+        spool_.append(aside_, fast_);
+        aside_.clear();
+        if (aside_.capacity() > 2 * fast_write) {
+            aside_.shrink_to_fit();
+        }
+    }
 }
 
 void trace_buffer::feed(lane& l, std::string_view masked) {
@@ -166,7 +207,33 @@ void trace_buffer::commit(std::string_view bytes) {
 void trace_buffer::append(std::string_view bytes) {
     crc_ = util::crc32_update(crc_, bytes.data(), bytes.size());
     size_ += bytes.size();
+    if (raw_.data() != nullptr) {
+        place(bytes);
+        return;
+    }
     spool_.append(bytes, fast_);
+}
+
+void trace_buffer::place(std::string_view bytes) {
+    // Output of a read placed in the spool block comes in order: bytes the masker passed
+    // unchanged lie exactly where they go; held-back bytes from the last write go in the room
+    // left in front of the read. Anything else (a replacement, output that outgrew the room)
+    // would overwrite bytes the masker has not read yet: from then on output is set aside
+    // until it is done with the read.
+    if (!set_aside_) {
+        const auto room = spool_.free_space();
+        const auto at = reinterpret_cast<std::uintptr_t>(room.data());
+        const auto raw = reinterpret_cast<std::uintptr_t>(raw_.data());
+        const bool in_place = room.data() != nullptr && room.data() == bytes.data();
+        const bool in_front = room.data() != nullptr && raw >= at && raw <= at + room.size() &&
+                              at + bytes.size() <= raw;
+        if (in_place || in_front) {
+            spool_.append(bytes, fast_);
+            return;
+        }
+        set_aside_ = true;
+    }
+    aside_.append(bytes);
 }
 
 std::size_t trace_buffer::read(std::size_t offset, char* dest, std::size_t max) const {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -69,6 +70,14 @@ public:
     /// kiln's own messages.
     void write(std::string_view data) { write(source::runner, data); }
 
+    /// Room to read the next output from `from` straight into (at most `max` bytes): the place
+    /// in the spool block where write() would copy it, so bytes the masker passes unchanged
+    /// are never copied. Empty when there is none (slow output, timestamps, no spool file):
+    /// read elsewhere and call write(). Nothing else may be written before placed().
+    std::span<char> prepare(source from, std::size_t max);
+    /// `n` bytes were read to the start of what prepare() gave: the same as write() of them.
+    void placed(source from, std::size_t n);
+
     /// End of a stage's output: with timestamps, what the job's sources hold back is released
     /// (a partial last line gets its newline), so kiln's next message follows it. Without
     /// timestamps there is nothing to reorder and this does nothing.
@@ -127,6 +136,7 @@ private:
     void process(std::string_view piece);
     void commit(std::string_view bytes);
     void append(std::string_view bytes);
+    void place(std::string_view bytes);
 
     std::size_t limit_;
     bool timestamps_;
@@ -142,6 +152,13 @@ private:
     std::size_t size_ = 0;
     std::uint32_t crc_ = 0;
     bool truncated_ = false;
+    // A read placed in the spool block: what prepare() lent, then the bytes read there while
+    // the masker works on them. Output that cannot go in place without overwriting raw bytes
+    // it has not read yet is set aside and appended when it is done.
+    std::span<char> prepared_;
+    std::string_view raw_;
+    bool set_aside_ = false;
+    std::string aside_;
 };
 
 }  // namespace kiln::trace

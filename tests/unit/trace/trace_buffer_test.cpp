@@ -11,6 +11,7 @@
 #include <csignal>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -654,4 +655,121 @@ TEST_CASE("without timestamps every source goes through one masker, in the order
     merged.write(" kiln\n");
     merged.close();
     CHECK(merged.contents() == "Running\npw=[MASKED]\npartial kiln\n");
+}
+
+namespace {
+
+// Output that exercises every way the masker's output can differ from its input: a masked value
+// and a token, each also split across reads; URL parameters (an empty value grows into
+// [MASKED]); invalid UTF-8 (one byte grows into three); a character split across reads; and
+// runs of growing output longer than any room a reader could leave.
+std::string hostile_output(std::mt19937& rng, std::size_t size) {
+    static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    while (out.size() < size) {
+        switch (rng() % 12) {
+            case 0: out += "password=hunter2-hunter2 "; break;
+            case 1: out += "glpat-0123456789abcdefghij "; break;
+            case 2: out += "GET /api?private_token=&page=&x= "; break;
+            case 3: out += "\xff\xfe bad bytes \xc3"; break;
+            case 4: out += "caf\xc3\xa9 "; break;
+            case 5:
+                for (int i = 0; i < 4000; ++i) {
+                    out += "?a=&b=";  // each grows by 16 bytes
+                }
+                break;
+            case 6: out += "hunter2-hun"; break;  // the start of the secret, never finished
+            default:
+                for (int i = 0; i < 100; ++i) {
+                    out += alphabet[rng() % 64];
+                }
+                out += '\n';
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("output read straight into the spool block comes out as if it had been written", "[trace]") {
+    // The shell executor reads a fast job's pipe into the room prepare() gives and calls
+    // placed(): unchanged bytes stay where they are, held-back bytes go in front, and output
+    // that would overwrite bytes the masker has not read yet is set aside. The result must be
+    // byte for byte what write() of the same reads gives, whatever the reads' sizes.
+    const bool direct = GENERATE(true, false);
+    const std::size_t limit = GENERATE(std::size_t{1} << 30, std::size_t{3'000'000});
+    INFO("direct I/O " << direct << ", limit " << limit);
+    std::mt19937 rng(direct ? 5 : 6);
+    const std::string output = hostile_output(rng, 6u << 20);
+    const std::vector<std::string> secrets = {"hunter2-hunter2"};
+
+    kiln::trace::trace_options options;
+    options.direct_io = direct;
+    trace_buffer written(limit, secrets, options);
+    trace_buffer placed(limit, secrets, options);
+    REQUIRE(placed.spooled());
+    std::size_t placed_reads = 0;
+    std::size_t placed_bytes = 0;
+    int small_run = 0;  // reads left in a run of small ones, which ends a burst
+    for (std::size_t at = 0; at < output.size();) {
+        // Mostly whole 64 KiB reads, some short ones, now and then a run of small ones that
+        // ends the burst; kiln's own message in between now and then.
+        std::size_t want = 64 * 1024;
+        const auto r = rng() % 10;
+        if (r < 3) {
+            want = 1 + rng() % (64 * 1024);
+        } else if (r == 3 || small_run > 0) {
+            want = 1 + rng() % 100;
+            small_run = small_run > 0 ? small_run - 1 : (rng() % 8 == 0 ? 9 : 0);
+        }
+        want = std::min(want, output.size() - at);
+        const auto room = placed.prepare(source::job_stdout, 64 * 1024);
+        if (room.empty()) {
+            placed.write(source::job_stdout, std::string_view(output).substr(at, want));
+        } else {
+            want = std::min(want, room.size());
+            std::memcpy(room.data(), output.data() + at, want);
+            placed.placed(source::job_stdout, want);
+            ++placed_reads;
+            placed_bytes += want;
+        }
+        written.write(source::job_stdout, std::string_view(output).substr(at, want));
+        at += want;
+        if (rng() % 50 == 0) {
+            placed.write("kiln says hello\n");
+            written.write("kiln says hello\n");
+        }
+    }
+    written.close();
+    placed.close();
+    // Most of it went the placed way, including the hostile parts.
+    CHECK(placed_reads > 50);
+    CHECK(placed_bytes > std::min(limit, output.size()) / 2);
+    const std::string expected = written.contents();
+    REQUIRE(expected.find("password=[MASKED] glpat-[MASKED]") != std::string::npos);
+    REQUIRE(expected.find("hunter2-hunter2") == std::string::npos);
+    CHECK(placed.size() == written.size());
+    CHECK(placed.truncated() == written.truncated());
+    CHECK(placed.checksum() == written.checksum());
+    CHECK(placed.checksum() == crc_of(expected));
+    const std::string got = placed.contents();
+    CHECK(got.size() == expected.size());
+    CHECK((got == expected));
+}
+
+TEST_CASE("no room is lent for slow output or with timestamps", "[trace]") {
+    trace_buffer slow(1 << 20, {});
+    slow.write("a line\n");
+    CHECK(slow.prepare(source::job_stdout, 64 * 1024).empty());
+
+    kiln::trace::trace_options o;
+    o.timestamps = true;
+    trace_buffer stamped(1 << 20, {}, o);
+    stamped.write(source::job_stdout, std::string(64 * 1024, 'x'));
+    CHECK(stamped.prepare(source::job_stdout, 64 * 1024).empty());
+
+    trace_buffer fast(1 << 20, {});
+    fast.write(source::job_stdout, std::string(64 * 1024, 'x'));
+    const auto room = fast.prepare(source::job_stdout, 64 * 1024);
+    CHECK(room.size() == 64 * 1024);
 }
