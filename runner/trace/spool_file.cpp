@@ -1,6 +1,7 @@
 #include "runner/trace/spool_file.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,6 +30,7 @@ constexpr std::size_t page = 4096;
 // Offsets, sizes and buffer addresses of direct I/O: the logical block size of any disk.
 constexpr std::size_t direct_alignment = 4096;
 constexpr std::size_t read_buffer_bytes = spool_file::large_block + 2 * direct_alignment;
+static_assert(2 * spool_file::large_block <= 2 * 1024 * 1024 && read_buffer_bytes <= 2 * 1024 * 1024);
 // How long a full spool waits for the writer thread before writing a block through the page
 // cache: long enough for a thread to get a CPU, short next to a slow disk.
 constexpr auto direct_patience = std::chrono::milliseconds(5);
@@ -39,6 +41,22 @@ std::shared_ptr<char> new_buffer(std::size_t bytes) {
     // Aligned for direct I/O and not initialised: pages are touched as bytes are written, so a
     // quiet job's block costs what it holds.
     return {static_cast<char*>(std::aligned_alloc(direct_alignment, bytes)), std::free};
+}
+
+// Buffers for fast output and for reading back from disk: in a 2 MiB region the kernel may back
+// with one huge page. A direct write or read pins the buffer's pages and maps each into the
+// request; for a megabyte of 4 KiB pages that is 256 pages and, past the disk's segment limit
+// (254 on virtio), two requests where one would do. With a huge page, trace_path_bench's
+// "full" stage took ~7% less CPU. Only for buffers that fill at once: a huge page is resident
+// as a whole from the first byte.
+constexpr std::size_t huge_page = 2 * 1024 * 1024;
+
+std::shared_ptr<char> new_huge_region() {
+    auto* p = static_cast<char*>(std::aligned_alloc(huge_page, huge_page));
+    if (p != nullptr) {
+        ::madvise(p, huge_page, MADV_HUGEPAGE);  // a hint: without THP these are plain pages
+    }
+    return {p, std::free};
 }
 
 std::string temp_directory() {
@@ -306,6 +324,17 @@ void spool_file::wait_oldest() const {
     }
 }
 
+std::shared_ptr<char> spool_file::fast_buffer() {
+    // Two blocks share a huge region; it is freed when neither uses it any more.
+    if (half_region_) {
+        return std::move(half_region_);
+    }
+    auto region = new_huge_region();
+    char* first = region.get();
+    half_region_ = std::shared_ptr<char>(region, first + large_block);
+    return std::shared_ptr<char>(std::move(region), first);
+}
+
 spool_file::block& spool_file::writable(bool fast) {
     reap();
     if (!blocks_.empty()) {
@@ -319,6 +348,8 @@ spool_file::block& spool_file::writable(bool fast) {
         b->buffer = std::move(spares_.back().buffer);
         b->touched = spares_.back().touched;
         spares_.pop_back();
+    } else if (fast) {
+        b->buffer = fast_buffer();
     } else {
         b->buffer = new_buffer(large_block);
     }
@@ -381,6 +412,7 @@ void spool_file::append(std::string_view bytes, bool fast) {
         // buffers whose pages the burst touched.
         was_fast_ = false;
         spares_.clear();
+        half_region_.reset();
         reap();
         if (!blocks_.empty() && fd_ >= 0 && !failed_ && !synced_) {
             auto& back = *blocks_.back();
@@ -458,7 +490,7 @@ spool_file::read_plan spool_file::plan_read(std::size_t offset, std::size_t max)
         }
     }
     if (!read_buffer_ || read_buffer_.use_count() > 1) {
-        read_buffer_ = new_buffer(read_buffer_bytes);  // the old one is still lent out
+        read_buffer_ = new_huge_region();  // the old one is still lent out
     }
     p.buffer = read_buffer_;
     p.fd = fd_;
@@ -561,7 +593,8 @@ std::size_t spool_file::memory_footprint() const {
     for (const auto& s : spares_) {
         n += s.touched;
     }
-    n += read_buffer_ ? read_buffer_bytes : 0;
+    n += read_buffer_ ? huge_page : 0;
+    n += half_region_ ? large_block : 0;
     return n;
 }
 

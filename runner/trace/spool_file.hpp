@@ -73,7 +73,10 @@ public:
     /// Gives back the buffer disk reads go through (1 MiB) once no view of it is held.
     void release_read_buffer() const;
     /// No more output: gives back the spare block buffers.
-    void release_spares() { spares_.clear(); }
+    void release_spares() {
+        spares_.clear();
+        half_region_.reset();
+    }
 
     /// Writes everything, the last partial block too, and waits for it: the file then holds
     /// exactly the bytes appended. False when it cannot (no file, a failed write). Later
@@ -97,6 +100,7 @@ private:
     struct read_plan;
 
     block& writable(bool fast);
+    std::shared_ptr<char> fast_buffer();
     void submit_back();
     void reap() const;
     void wait_oldest() const;
@@ -114,6 +118,7 @@ private:
     // Block buffers to reuse: a fresh megabyte per block cost page faults on every block.
     mutable std::vector<spare> spares_;
     mutable std::shared_ptr<char> read_buffer_;  // disk reads (aligned)
+    std::shared_ptr<char> half_region_;          // the unused half of a fast block's region
     mutable bool failed_ = false;
     bool was_fast_ = false;
     bool synced_ = false;  // the file ends where the last sync left it: later bytes stay in memory
