@@ -139,6 +139,11 @@ public:
                 in_phrase_[c] = true;
             }
         }
+        if (min_len_ >= 2) {
+            for (const auto& p : phrases) {
+                pairs_.add(static_cast<unsigned char>(p[0]), static_cast<unsigned char>(p[1]));
+            }
+        }
         gram_ = static_cast<unsigned>(std::min<std::size_t>(4, min_len_));
         stride_ = static_cast<unsigned>(std::min<std::size_t>(min_len_ - gram_ + 1, max_stride));
         gram_mask_ = gram_ == 4 ? 0xFFFFFFFFu : (1u << (8 * gram_)) - 1;
@@ -320,6 +325,9 @@ private:
     // Masks text[pos, ...). Every start before `pos` is decided and emitted. Appends the decided
     // output to `out`; returns where the undecided bytes begin (text.size() when `final`).
     std::size_t scan(std::string_view text, std::size_t pos, bool final, const segment_sink& out) const {
+        if (pairs_.vector()) {
+            return scan_pairs(text, pos, final, out);
+        }
         const unsigned char* p = bytes(text);
         const std::size_t n = text.size();
         std::size_t j = pos + stride_ - 1;  // sample position; covers starts (j - stride_, j]
@@ -412,6 +420,34 @@ private:
         return s;
     }
 
+    // Few phrases (at most four distinct first bytes and four distinct second bytes, as a job's
+    // token and a handful of masked values usually have): every start that could begin one is
+    // found by a vector compare of byte pairs, 32 positions a step, and checked in order, so the
+    // leftmost match wins, and a start that may still become a match holds back the rest.
+    // The end of the text needs no special case: a start whose tail could begin a phrase has
+    // its first byte (and second, if there is one) in the pair set.
+    std::size_t scan_pairs(std::string_view text, std::size_t pos, bool final,
+                           const segment_sink& out) const {
+        const unsigned char* p = bytes(text);
+        const std::size_t n = text.size();
+        for (std::size_t s = pos; (s = scan::find_pair(p, s, n, pairs_)) < n;) {
+            const match m = longest_at(text.substr(s), final);
+            if (m.undecided) {
+                out(text.substr(pos, s - pos));
+                return s;
+            }
+            if (m.len > 0) {
+                out(text.substr(pos, s - pos));
+                out(masked_text);
+                pos = s = s + m.len;
+                continue;
+            }
+            ++s;
+        }
+        out(text.substr(pos));
+        return n;
+    }
+
     std::string pool_;  // phrases, sorted, back to back
     std::vector<std::uint32_t> off_;
     std::vector<std::uint32_t> len_;
@@ -427,6 +463,7 @@ private:
     std::vector<std::uint32_t> bucket_start_;
     std::vector<entry> entries_;
     std::array<bool, 256> in_phrase_{};
+    scan::pair_set pairs_;  // the first two bytes of every phrase
     std::string carry_;     // input not yet decided
     std::string junction_;  // carry_ joined with the start of the next write
 };

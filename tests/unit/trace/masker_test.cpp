@@ -642,3 +642,54 @@ TEST_CASE("utf8_repair: invalid bytes become U+FFFD one by one, split sequences 
         CHECK(out == r.out);
     }
 }
+
+TEST_CASE("masker: few values (the vector pair scan) against the reference, split anywhere", "[trace]") {
+    // A job's token and a few masked values take the pair-scan path (at most four distinct
+    // first and second bytes); many values take the sampled one. The same texts through both,
+    // over a three-letter alphabet so that starts, overlaps and prefixes collide all the time.
+    std::mt19937 rng(7);
+    for (int round = 0; round < 300; ++round) {
+        std::vector<std::string> values;
+        const int count = 1 + static_cast<int>(rng() % 4);
+        for (int i = 0; i < count; ++i) {
+            std::string v(2 + rng() % 6, ' ');
+            for (auto& c : v) {
+                c = "abc"[rng() % 3];
+            }
+            values.push_back(v);
+        }
+        std::string text(200 + rng() % 200, ' ');
+        for (auto& c : text) {
+            c = "abcx"[rng() % 4];
+        }
+        const auto o = phrases_only(values);
+        const auto expected = reference(text, o);
+        INFO("values " << values.size() << ": " << values[0] << ", text " << text);
+        CHECK(whole(o, text) == expected);
+        CHECK(bytewise(o, text) == expected);
+        for (int k = 0; k < 5; ++k) {
+            std::vector<std::size_t> cuts;
+            for (std::size_t c = 1 + rng() % 9; c < text.size(); c += 1 + rng() % 40) {
+                cuts.push_back(c);
+            }
+            CHECK(in_parts(o, text, cuts) == expected);
+        }
+    }
+}
+
+TEST_CASE("masker: each value alone, split at every offset", "[trace]") {
+    const std::vector<std::string> values = {"s3cr3t-Passw0rd", "token", "aaaaaaaab", "$(rm -rf /)*?",
+                                             "\xE2\x82\xAC" "euro\xF0\x9F\x94\x91", "abcabcabd",
+                                             "glcbt-64_pXb3kZq1Yw7cVt9mRn2s"};
+    for (const auto& v : values) {
+        for (const auto& text : {"before " + v + " after\n", v, v + v,
+                                 "x" + v.substr(0, v.size() - 1) + v + "y"}) {
+            const auto expected = reference(text, phrases_only({v}));
+            INFO(text);
+            CHECK(expected.find(v) == std::string::npos);
+            for (std::size_t cut = 0; cut <= text.size(); ++cut) {
+                CHECK(in_parts(phrases_only({v}), text, {cut}) == expected);
+            }
+        }
+    }
+}
