@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -15,6 +16,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <list>
 #include <map>
 #include <optional>
@@ -440,6 +444,36 @@ private:
         apply(std::move(*loaded.value), why);
     }
 
+    // With `user` set, kiln runs as that user and handed the directories of the entries it
+    // started with over to it (runner/service/run_as.hpp); it cannot do that for an entry a
+    // reload brings. Such an entry is taken only if the user can make and write its
+    // directories, so no job is picked up to fail on them. Empty: all is well.
+    std::string out_of_reach(const config::runner_entry& e) const {
+        if (options_.settings.user.empty()) {
+            return {};
+        }
+        std::vector<std::filesystem::path> dirs{prune::builds_dir_of(e)};
+        if (e.executor != "docker") {
+            dirs.push_back(prune::cache_dir_of(e));
+        }
+        std::string out;
+        for (const auto& d : dirs) {
+            std::error_code ec;
+            std::filesystem::create_directories(d, ec);
+            if (::access(d.c_str(), W_OK | X_OK) != 0) {
+                const int err = ec ? ec.value() : errno;
+                out += (out.empty() ? "" : "; ") + d.string() + ": " + std::strerror(err);
+            }
+        }
+        if (out.empty()) {
+            return {};
+        }
+        const auto& u = options_.settings.user;
+        return "user " + u + " cannot write where runner " + e.name + "'s jobs work (" + out +
+               "): give the directories to " + u + " (chown -R " + u +
+               ") or restart kiln, which hands over directories it makes, then reload";
+    }
+
     void apply(config::settings next, const char* why) {
         long added = 0;
         long removed = 0;
@@ -468,6 +502,11 @@ private:
             if (it != runners_.end()) {
                 auto& r = *it;
                 if (!(r->entry == e)) {
+                    if (const auto problem = out_of_reach(e); !problem.empty()) {
+                        log::error(problem + "; the entry keeps its old settings",
+                                   {{"runner", r->short_token}});
+                        continue;
+                    }
                     ++changed;
                     if (r->entry.executor != e.executor || r->entry.shell != e.shell) {
                         r->api->set_info(info_for(e));
@@ -475,6 +514,10 @@ private:
                     r->entry = e;  // running jobs keep the copy they started with
                     spawn_pollers(r);
                 }
+                continue;
+            }
+            if (const auto problem = out_of_reach(e); !problem.empty()) {
+                log::error(problem + "; the entry is not added", {{"runner", e.name}});
                 continue;
             }
             if (auto slot = make_slot(e, false)) {

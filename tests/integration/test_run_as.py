@@ -37,6 +37,8 @@ class RunAsUserTest(DaemonTestBase):
         self.ca = os.path.join(self.jobs_dir, "ca.pem")
         shutil.copy(self.gitlab.ca_file, self.ca)
         os.chmod(self.ca, 0o644)
+        # The emulator serves the whole class: only this test's requests count.
+        self.requests_before = len(self.gitlab.requests(path="/api/v4/jobs/request"))
 
     def block(self, token, builds):
         return ("\n[[runners]]\n"
@@ -50,7 +52,8 @@ class RunAsUserTest(DaemonTestBase):
         log = self.kiln_log()
         for text in expected:
             self.assertIn(text, log)
-        self.assertEqual(self.gitlab.requests(path="/api/v4/jobs/request"), [])
+        self.assertEqual(self.gitlab.requests(path="/api/v4/jobs/request")[self.requests_before:],
+                         [])
         return log
 
     def test_directories_root_left_are_not_given_away_but_named(self):
@@ -141,6 +144,41 @@ class RunAsUserTest(DaemonTestBase):
         self.assertEqual(os.stat(os.path.join(self.dir, "spool")).st_uid, self.uid)
         self.proc.send_signal(subprocess.signal.SIGQUIT)
         self.assertEqual(self.proc.wait(timeout=30), 0, log)
+
+    def test_a_reload_takes_only_entries_whose_directories_the_user_can_write(self):
+        # kiln hands directories over only at start, as root; after a reload it is the user
+        # and cannot. An entry whose builds_dir the user cannot make is left out, by path,
+        # instead of picking up jobs that fail; the other new entry is taken.
+        os.chown(self.jobs_dir, self.uid, -1)
+        a = self.gitlab.create_runner(kind="glrt")["token"]
+        b = self.gitlab.create_runner(kind="glrt")["token"]
+        c = self.gitlab.create_runner(kind="glrt")["token"]
+        first = self.block(a, os.path.join(self.jobs_dir, "builds-a"))
+        self.write_config([first], head=f'user = "{self.name}"\n')
+        self.start_kiln()
+        self.gitlab.wait_for(lambda: self.job_requests(a), timeout=20, message="a polling")
+        roots = os.path.join(self.dir, "roots-only")
+        os.makedirs(roots)
+        os.chmod(roots, 0o755)
+        bad = os.path.join(roots, "builds")
+        self.write_config([first, self.block(b, bad),
+                           self.block(c, os.path.join(self.jobs_dir, "builds-c"))],
+                          head=f'user = "{self.name}"\n')
+        self.proc.send_signal(subprocess.signal.SIGHUP)
+        self.gitlab.wait_for(lambda: self.job_requests(c), timeout=20, message="c polling")
+        self.gitlab.wait_for(lambda: "the entry is not added" in self.kiln_log(), timeout=20,
+                             message="the entry kiln cannot serve to be reported")
+        log = self.kiln_log()
+        self.assertIn(f"user {self.name} cannot write where runner as-user's jobs work "
+                      f"({bad}: Permission denied): give the directories to {self.name}", log)
+        self.assertEqual(self.job_requests(b), [])
+        self.assertFalse(os.path.exists(bad))
+        job = self.enqueue(c, ["echo \"c as $(id -un)\""])
+        state = self.gitlab.wait_job_state(job["id"], timeout=60)
+        self.assertEqual(state["state"], "success", state["trace"] + log)
+        self.assertIn(f"c as {self.name}", state["trace"])
+        self.proc.send_signal(subprocess.signal.SIGQUIT)
+        self.assertEqual(self.proc.wait(timeout=30), 0, self.kiln_log())
 
     def test_started_as_the_user_kiln_keeps_its_memory_from_jobs(self):
         # As the package runs it (User=kiln): nothing to switch, and the jobs, which run as the
