@@ -2,7 +2,6 @@
 
 #include <signal.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -17,7 +16,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <list>
 #include <map>
@@ -36,6 +34,7 @@
 #include "runner/job.hpp"
 #include "runner/net/url.hpp"
 #include "runner/service/operations.hpp"
+#include "runner/service/run_as.hpp"
 #include "runner/prune.hpp"
 #include "runner/spool.hpp"
 #include "runner/util/blocking.hpp"
@@ -452,21 +451,13 @@ private:
         if (options_.settings.user.empty()) {
             return {};
         }
-        std::vector<std::filesystem::path> dirs{prune::builds_dir_of(e)};
-        if (e.executor != "docker") {
-            dirs.push_back(prune::cache_dir_of(e));
+        const auto problems = service::unreachable(prune::job_dirs_of(e));
+        if (problems.empty()) {
+            return {};
         }
         std::string out;
-        for (const auto& d : dirs) {
-            std::error_code ec;
-            std::filesystem::create_directories(d, ec);
-            if (::access(d.c_str(), W_OK | X_OK) != 0) {
-                const int err = ec ? ec.value() : errno;
-                out += (out.empty() ? "" : "; ") + d.string() + ": " + std::strerror(err);
-            }
-        }
-        if (out.empty()) {
-            return {};
+        for (const auto& p : problems) {
+            out += (out.empty() ? "" : "; ") + p;
         }
         const auto& u = options_.settings.user;
         return "user " + u + " cannot write where runner " + e.name + "'s jobs work (" + out +

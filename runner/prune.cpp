@@ -215,6 +215,14 @@ fs::path cache_dir_of(const config::runner_entry& r) {
     return r.cache_dir.empty() ? fs::current_path() / "cache" : fs::path(r.cache_dir);
 }
 
+std::vector<fs::path> job_dirs_of(const config::runner_entry& r) {
+    std::vector<fs::path> dirs{builds_dir_of(r)};
+    if (r.executor != "docker") {
+        dirs.push_back(cache_dir_of(r));
+    }
+    return dirs;
+}
+
 fs::path volume_marks_dir(const fs::path& config_path) {
     return config_path.parent_path() / "volume-use";
 }

@@ -63,6 +63,9 @@ std::filesystem::path slot_lock_path(const std::filesystem::path& builds_dir,
 std::filesystem::path builds_dir_of(const config::runner_entry& r);
 /// The runner's local cache directory (cache_dir, else ./cache).
 std::filesystem::path cache_dir_of(const config::runner_entry& r);
+/// The host directories the runner's jobs write into: the builds directory, and the local
+/// cache unless the cache lives in Docker volumes.
+std::vector<std::filesystem::path> job_dirs_of(const config::runner_entry& r);
 
 /// Where the daemon notes that a runner's job of a project used its Docker cache volume:
 /// <config dir>/volume-use/<short token>-<project id> (its mtime is the last use).

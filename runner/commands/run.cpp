@@ -59,9 +59,8 @@ void switch_user(const std::string& name, const std::filesystem::path& config_pa
     std::set<std::filesystem::path> dir_set{spool::directory(config_path, s.spool_dir),
                                             prune::volume_marks_dir(config_path)};
     for (const auto& r : s.runners) {
-        dir_set.insert(prune::builds_dir_of(r));
-        if (r.executor != "docker") {
-            dir_set.insert(prune::cache_dir_of(r));
+        for (auto& d : prune::job_dirs_of(r)) {
+            dir_set.insert(std::move(d));
         }
     }
     const std::vector<std::filesystem::path> dirs(dir_set.begin(), dir_set.end());

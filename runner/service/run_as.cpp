@@ -145,8 +145,11 @@ void become(const account& a) {
 std::vector<std::string> unreachable(const std::vector<std::filesystem::path>& dirs) {
     std::vector<std::string> out;
     for (const auto& d : dirs) {
+        std::error_code made;
+        std::filesystem::create_directories(d, made);
         if (::access(d.c_str(), W_OK | X_OK) != 0) {
-            out.push_back(d.string() + ": " + std::strerror(errno));
+            // Why it could not be made says more than that it is not there.
+            out.push_back(d.string() + ": " + (made ? made.message() : std::strerror(errno)));
         }
     }
     return out;

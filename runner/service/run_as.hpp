@@ -51,8 +51,9 @@ std::vector<std::string> hand_over(const account& a, const std::vector<std::file
 /// Throws std::runtime_error naming what failed.
 void become(const account& a);
 
-/// The directories hand_over gave that the user still cannot write into (one below a
-/// directory it cannot pass), with the reason, a line each. Call after become().
+/// The directories the user cannot write into (one below a directory it cannot pass, or one
+/// it cannot make where missing ones are made), with the reason, a line each. Call after
+/// become(): at start for what hand_over gave, on a reload for a new entry's directories.
 std::vector<std::string> unreachable(const std::vector<std::filesystem::path>& dirs);
 
 }  // namespace kiln::service

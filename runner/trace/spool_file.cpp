@@ -30,7 +30,6 @@ constexpr std::size_t page = 4096;
 // Offsets, sizes and buffer addresses of direct I/O: the logical block size of any disk.
 constexpr std::size_t direct_alignment = 4096;
 constexpr std::size_t read_buffer_bytes = spool_file::large_block + 2 * direct_alignment;
-static_assert(2 * spool_file::large_block <= 2 * 1024 * 1024 && read_buffer_bytes <= 2 * 1024 * 1024);
 // How long a full spool waits for the writer thread before writing a block through the page
 // cache: long enough for a thread to get a CPU, short next to a slow disk.
 constexpr auto direct_patience = std::chrono::milliseconds(5);
@@ -50,6 +49,7 @@ std::shared_ptr<char> new_buffer(std::size_t bytes) {
 // "full" stage took ~7% less CPU. Only for buffers that fill at once: a huge page is resident
 // as a whole from the first byte.
 constexpr std::size_t huge_page = 2 * 1024 * 1024;
+static_assert(2 * spool_file::large_block <= huge_page && read_buffer_bytes <= huge_page);
 
 std::shared_ptr<char> new_huge_region() {
     auto* p = static_cast<char*>(std::aligned_alloc(huge_page, huge_page));
