@@ -76,12 +76,18 @@ class RunAsUserTest(DaemonTestBase):
         for p in (builds, os.path.join(builds, "old"), spool, secret):
             self.assertEqual(os.stat(p).st_uid, 0, p)
 
-    def test_a_config_the_user_could_change_is_refused_by_a_root_start(self):
+    def config_in_users_home(self):
+        """A runner and a config with `user` set, both in the user's own directory; returns the
+        runner's token."""
         os.chown(self.jobs_dir, self.uid, -1)
         token = self.gitlab.create_runner(kind="glrt")["token"]
         self.config = os.path.join(self.jobs_dir, "config.toml")
         self.write_config([self.block(token, os.path.join(self.jobs_dir, "builds"))],
                           head=f'user = "{self.name}"\n')
+        return token
+
+    def test_a_config_the_user_could_change_is_refused_by_a_root_start(self):
+        self.config_in_users_home()
         self.start_kiln()
         self.refused(f"{self.jobs_dir} can be changed by users other than root")
 
@@ -183,11 +189,7 @@ class RunAsUserTest(DaemonTestBase):
     def test_started_as_the_user_kiln_keeps_its_memory_from_jobs(self):
         # As the package runs it (User=kiln): nothing to switch, and the jobs, which run as the
         # same user, must not read the runner tokens out of kiln (ptrace, /proc/PID/mem).
-        os.chown(self.jobs_dir, self.uid, -1)
-        token = self.gitlab.create_runner(kind="glrt")["token"]
-        self.config = os.path.join(self.jobs_dir, "config.toml")
-        self.write_config([self.block(token, os.path.join(self.jobs_dir, "builds"))],
-                          head=f'user = "{self.name}"\n')
+        token = self.config_in_users_home()
         os.chown(self.config, self.uid, -1)
         job = self.enqueue(token, [
             "echo \"whoami=$(id -un)\"",
